@@ -20,8 +20,9 @@ from .io import atomic_write
 # %% auto #0
 __all__ = ['PRESETS', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset', 'SynthDomainConfig', 'SynthConfig',
            'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig', 'HardwareConfig', 'LoggingConfig',
-           'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config', 'EvaluateConfig', 'AnalysisConfig',
-           'FiguresConfig', 'Config', 'deep_merge', 'read_yaml', 'load_config', 'save_config', 'apply_overlay']
+           'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config', 'LandmarksConfig', 'EvaluateConfig',
+           'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'read_yaml', 'load_config', 'save_config',
+           'apply_overlay']
 
 # %% ../nbs/00_config.ipynb #8638b211
 class ConfigError(ValueError):
@@ -269,6 +270,26 @@ class Stage2Config(StageConfig):
     embedding_loss_weight: float = 0.0    # pull towards the SONAR text embedding, when a text encoder exists
     output_dir: str = "models/stage2"
 
+@dataclass
+class LandmarksConfig(StageConfig):
+    """The landmarks baseline (YouTube-ASL's approach): mediapipe keypoints → transformer encoder–decoder → text."""
+    method: Literal["mediapipe", "groundtruth"] = "mediapipe"  # groundtruth = the synthetic renderer's keypoints
+    fallback: Literal["groundtruth", "skip"] = "groundtruth"   # a video mediapipe finds no signer in (synthetic only)
+    model_complexity: int = 1             # Holistic: only 1 ships in the wheel (0 and 2 download models)
+    min_detection_confidence: float = 0.5
+    face_subset: bool = True              # a few face points (eyes, nose, mouth) besides pose and hands
+    feature_dir: str = "data/landmarks"   # one tensor per clip + lengths TSV, like the SignHiera features
+    learning_rate: float = 5e-4
+    epochs: int = 30
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    output_dir: str = "models/landmarks"
+
+    def __post_init__(self):
+        if self.model_complexity != 1:
+            raise ConfigError(f"landmarks.model_complexity: only 1 works offline (mediapipe 0.10.21 downloads the "
+                              f"models for 0 and 2), got {self.model_complexity}")
+
 # %% ../nbs/00_config.ipynb #dd67f9e0
 RESERVED_NAMES = ("analysis", "comparison", "summary")            # used by files next to the systems'
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -349,7 +370,7 @@ class FiguresConfig:
     font_size: float = 8.0                  # points at the sizes above (>= 8)
     runs: dict[str, str] = field(default_factory=lambda: {     # training stage -> run dir holding dvclive/
         "pretrain": "models/pretrained/run", "stage1": "models/stage1/run", "stage2": "models/stage2/run",
-        "ablation": "models/ablation/run"})
+        "ablation": "models/ablation/run", "landmarks": "models/landmarks/run"})
     bar_metrics: list[str] = field(default_factory=lambda: ["bleu1", "bleu4", "chrf", "rougeL", "meteor"])
 
     def __post_init__(self):
@@ -376,6 +397,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     figures: FiguresConfig = field(default_factory=FiguresConfig)
