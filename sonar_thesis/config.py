@@ -239,11 +239,17 @@ class StageConfig:
 
 @dataclass
 class PretrainConfig(StageConfig):
-    """Stand-in pretraining of the tiny stack on the synthetic source domain (the DailyMoth stand-in)."""
+    """Stand-in pretraining on the synthetic source domain (the DailyMoth stand-in), in two phases.
+
+    `learning_rate`/`epochs`/`batch_size` are the video phase (SignHiera + sign-recognition heads on
+    clips); the `translation_*` keys the translation phase (encoder + decoder on frozen features)."""
     learning_rate: float = 1e-3
-    epochs: int = 30
-    batch_size: int = 16
-    ctc_weight: float = 1.0               # auxiliary word-CTC loss on SignHiera features (stand-in only)
+    epochs: int = 10
+    batch_size: int = 8
+    translation_learning_rate: float = 1e-3
+    translation_epochs: int = 60
+    translation_batch_size: int = 16
+    translation_metric: str = "val_loss"  # early stopping of the translation phase (bleu_4 | val_loss)
     output_dir: str = "models/pretrained"
 
 @dataclass

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from .io import atomic_path, read_json, read_tsv, write_json, write_tsv
 from .video import VideoError, crop_frame, find_signer_box, iter_windows, resolve_video_path, write_video
 
 # %% auto #0
-__all__ = ['FEATURE_SUFFIX', 'LENGTHS_COLUMNS', 'OverlapPolicy', 'save_features', 'load_features', 'merge_windows',
+__all__ = ['FEATURE_SUFFIX', 'LENGTHS_COLUMNS', 'OverlapPolicy', 'INFO_SUFFIX', 'save_features', 'load_features', 'merge_windows',
            'ExtractFailure', 'WindowDataset', 'write_test_clip', 'write_zero_frame_clip', 'write_test_manifest',
-           'shard_info', 'resolve_device', 'autocast_dtype', 'model_fingerprint', 'merge_shards', 'normalize_batch',
-           'extract_manifest', 'build_extractor', 'main']
+           'shard_info', 'resolve_device', 'autocast_dtype', 'model_fingerprint', 'merge_shards', 'VideoProducer',
+           'ProducerDataset', 'normalize_batch', 'extract_manifest', 'build_extractor', 'main']
 
 # %% ../nbs/07_extract.ipynb #8e566471
 FEATURE_SUFFIX = ".pt"
@@ -335,13 +335,14 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 
 
 _TMP_RE = re.compile(r"^\.(?P<id>.+)\.[a-z0-9_]{8}\.tmp\.pt$")   # atomic_path's temp name for {id}.pt
+_INFO_TMP_RE = re.compile(r"^\.(?P<id>.+)\.info\.[a-z0-9_]{8}\.tmp\.json$")   # ... and for {id}.info.json
 
 
 def _remove_stale_temps(out_dir: Path, ids: set[str]) -> int:
     n = 0
     with os.scandir(out_dir) as it:
         for e in it:
-            m = _TMP_RE.match(e.name)
+            m = _TMP_RE.match(e.name) or _INFO_TMP_RE.match(e.name)
             if m and m["id"] in ids:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path); n += 1
@@ -397,6 +398,63 @@ def merge_shards(out_dir: str | Path,          # the extraction folder
         return {**summary, "lengths": str(lengths), "failures_path": str(out_dir / "failures.json")}
 
 # %% ../nbs/07_extract.ipynb #82dc307c
+class VideoProducer(Protocol):
+    """Per-video features for `extract_manifest(..., producer=)`: `(features [N, C], info)` for a manifest row."""
+    settings: dict                 # everything the features depend on (guards the folder via extract.json)
+    columns: Sequence[str]         # per-video info fields, added to lengths.tsv
+    # optional: start_method = "spawn" for libraries that break in forked workers (see above)
+
+    def __call__(self, row: dict, file: Path) -> tuple[torch.Tensor, dict]: ...
+
+
+INFO_SUFFIX = ".info.json"
+
+
+def _producer_failure(e: BaseException, file: Path) -> ExtractFailure:
+    if isinstance(e, (ExtractFailure, VideoError, OSError)):
+        return _classify(e, file, opened=False)
+    return ExtractFailure("producer_error", f"{file}: {type(e).__name__}: {e}")
+
+
+class ProducerDataset(IterableDataset):
+    """One result per video from a `VideoProducer`, computed in the loader workers (each takes every n-th video)."""
+    def __init__(self, videos: Sequence[tuple[int, dict, str]],   # (video index, manifest row, file)
+                 producer: VideoProducer):
+        self.videos, self.producer = list(videos), producer
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)
+        for vid, row, file in self.videos[w::nw]:
+            file = Path(file)
+            try:
+                feats, extra = self.producer(row, file)
+                if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or not len(feats):
+                    what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+                    raise ExtractFailure("empty_features", f"{file}: the producer returned {what}, not [N>0, C]")
+                yield {"vid": vid, "features": feats, "info": dict(extra or {}), "fail": None}
+            except ImportError:                                  # a missing dependency stops the run
+                raise
+            except Exception as e:                               # a bad video is a reported skip, never fatal
+                f = _producer_failure(e, file)
+                yield {"vid": vid, "features": None, "info": None, "fail": (f.reason, f.detail)}
+
+
+def _save_info(path: Path, info: dict) -> None:
+    with atomic_path(path) as tmp:                       # temp name .{id}.info.XXXXXXXX.tmp.json
+        tmp.write_text(json.dumps(_jsonable(info), ensure_ascii=False), encoding="utf-8")
+
+
+def _load_info(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+# %% ../nbs/07_extract.ipynb #07f4d9bc
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -426,9 +484,9 @@ def normalize_batch(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
 
 
 def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_path (+ translation, …)
-                     model: nn.Module,                      # has extract_features(x, padding_mask) -> (features [B, T', C], valid [B, T'])
+                     model: nn.Module | None,               # has extract_features(x, padding_mask) -> (features [B, T', C], valid [B, T']); None with a producer
                      out_dir: str | Path,                   # {id}.pt, lengths.tsv, failures.json, extract.json
-                     sizes: Preset,                         # preset sizes (crop, window, fps)
+                     sizes: Preset | None,                  # preset sizes (crop, window, fps); None with a producer
                      batch_size: int = 8,                   # windows per model call, across videos
                      device: str | torch.device = "auto",   # auto: cuda:LOCAL_RANK if available, else cpu
                      num_workers: int = 2,                  # decoding processes (0: decode in this process)
@@ -442,22 +500,32 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                      overlap_policy: OverlapPolicy = "concat",  # how overlapping windows are joined (see above)
                      decode_threads: int = 1,               # decord threads per worker
                      prefetch_factor: int = 2,              # batches in flight per worker
+                     producer: VideoProducer | None = None, # per-video features instead of SignHiera windows (see above)
                      ) -> dict:
-    """Extract SignHiera features for (this rank's shard of) a manifest into `out_dir/{id}.pt`; resumable."""
+    """Extract SignHiera features (or a producer's) for (this rank's shard of) a manifest into `out_dir/{id}.pt`; resumable."""
+    if (model is None) == (producer is None):
+        raise ValueError("extract_manifest needs either a SignHiera `model` (with `sizes`) or a `producer`, not both")
+    if producer is None and sizes is None:
+        raise ValueError("extract_manifest: SignHiera windows need the preset `sizes`")
     t0 = time.perf_counter()
     manifest_tsv, out_dir = Path(manifest_tsv), Path(out_dir)
     rank, world, local_rank = shard_info(rank, world_size)
-    dev = resolve_device(device, local_rank)
-    amp = autocast_dtype(dev, precision)
+    dev = resolve_device(device, local_rank) if producer is None else torch.device("cpu")   # producers: CPU workers
+    amp = autocast_dtype(dev, precision) if producer is None else None
     rows = read_tsv(manifest_tsv, required=("id", "video_path"))
     header = manifest_tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
     columns = list(LENGTHS_COLUMNS) + [c for c in header if c not in LENGTHS_COLUMNS]
+    info_columns = list(producer.columns) if producer is not None else []
+    columns += [c for c in info_columns if c not in columns]
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    settings = _jsonable({"format": 1, "sizes": dataclasses.asdict(sizes), "overlap": overlap,
-                          "overlap_policy": overlap_policy,
-                          "crop": dataclasses.asdict(crop) if crop is not None else None,
-                          "model": model_fingerprint(model)})
+    if producer is None:
+        settings = _jsonable({"format": 1, "sizes": dataclasses.asdict(sizes), "overlap": overlap,
+                              "overlap_policy": overlap_policy,
+                              "crop": dataclasses.asdict(crop) if crop is not None else None,
+                              "model": model_fingerprint(model)})
+    else:
+        settings = _jsonable({"format": 1, "producer": producer.settings})
     _check_settings(out_dir, settings)
 
     failures: list[dict] = []
@@ -477,14 +545,17 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
 
     done_rows: dict[str, dict] = {}
     todo: list[dict] = []
-    def row_out(r: dict, n: int) -> dict:
+    def row_out(r: dict, n: int, info: dict | None = None) -> dict:
         return {**r, "id": r["id"], "n_features": n, "path": str(out_dir / f"{r['id']}{FEATURE_SUFFIX}"),
-                "translation": r.get("translation", "")}
+                "translation": r.get("translation", ""), **{c: (info or {}).get(c, "") for c in info_columns}}
     for r in mine:
         p = out_dir / f"{r['id']}{FEATURE_SUFFIX}"
         if p.is_file():
+            info = _load_info(out_dir / f"{r['id']}{INFO_SUFFIX}") if info_columns else None
             try:
-                done_rows[r["id"]] = row_out(r, load_features(p, mmap=True).shape[0])
+                if info_columns and info is None:   # a producer's features without their info: redo
+                    raise ValueError("no info file")
+                done_rows[r["id"]] = row_out(r, load_features(p, mmap=True).shape[0], info)
                 continue
             except ValueError:            # unreadable (e.g. damaged on disk later): redo it
                 p.unlink()
@@ -494,10 +565,39 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
             todo.append(r)
     skipped = len(done_rows)
 
-    was_training = model.training
-    model.eval().to(dev)
     new, windows = 0, 0
-    if todo:
+    def store(r: dict, feats: torch.Tensor, info: dict | None = None):
+        """One finished video: its info file first, then its features (the file whose existence means done)."""
+        nonlocal new
+        if info_columns:
+            _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", info or {})
+        save_features(feats, out_dir / f"{r['id']}{FEATURE_SUFFIX}")
+        done_rows[r["id"]] = row_out(r, feats.shape[0], info)
+        new += 1
+
+    if todo and producer is not None:
+        videos = [(i, r, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
+        workers = max(0, min(num_workers, len(videos)))
+        loader = DataLoader(ProducerDataset(videos, producer), batch_size=None, num_workers=workers,
+                            prefetch_factor=prefetch_factor if workers else None,
+                            multiprocessing_context=getattr(producer, "start_method", None) if workers else None)
+        bar = tqdm(total=len(todo), desc=f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
+                   + (f" [{rank}/{world}]" if world > 1 else ""), unit="video",
+                   disable=not progress or rank != 0, dynamic_ncols=True)
+        for res in loader:
+            r = todo[res["vid"]]
+            if res["fail"] is not None:
+                fail(r, *res["fail"])
+            else:
+                store(r, res["features"], res["info"])
+            bar.update(1)
+            bar.set_postfix(failed=len(failures), refresh=False)
+        bar.close()
+
+    if producer is None:
+        was_training = model.training
+        model.eval().to(dev)
+    if todo and producer is None:
         videos = [(i, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
         workers = max(0, min(num_workers, len(videos)))
         ds = WindowDataset(videos, sizes, batch_size, crop, overlap, decode_threads)
@@ -512,17 +612,13 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                    disable=not progress or rank != 0, dynamic_ncols=True)
 
         def finish(vid: int):
-            nonlocal new
             if vid not in expected or len(pending.get(vid, {})) < expected[vid]:
                 return
             parts = pending.pop(vid)
             U = units["window"]
             feats = merge_windows([parts[k] for k in range(expected.pop(vid))], overlap_policy,
                                   U, max(1, round(U * stride)) if U else None)
-            r = todo[vid]
-            save_features(feats, out_dir / f"{r['id']}{FEATURE_SUFFIX}")
-            done_rows[r["id"]] = row_out(r, feats.shape[0])
-            new += 1
+            store(todo[vid], feats)
             bar.update(1)
 
         def collect(call: _HostCopy | None, vids: list[int], wins: list[int], events: list):
@@ -569,7 +665,8 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
         if pending:   # cannot happen unless a worker lost windows: report, never write partial features
             for vid in list(pending):
                 fail(todo[vid], "incomplete", "not all windows came back from the loader")
-    model.train(was_training)
+    if producer is None:
+        model.train(was_training)
 
     ordered = [done_rows[r["id"]] for r in mine if r["id"] in done_rows]
     lengths_shard = write_tsv(_shard_path(out_dir, "lengths", rank, world), ordered, columns)

@@ -327,11 +327,13 @@ def _n(seconds: float, fps: int, speed: float = 1.0, lo: int = 2) -> int:
     return max(lo, int(round(seconds * fps / speed)))
 
 def build_timeline(sentences: list[list[str]], speeds: list[float], fps: int, seed: int) -> dict:
-    """Per-frame hand states of a video: `states` (list of (dominant, non-dominant)), sentence `spans` [(f0, f1)]."""
+    """Per-frame hand states of a video: `states` (list of (dominant, non-dominant)), sentence `spans` [(f0, f1)],
+    and `word_spans` [(f0, f1)] of every sign (in sentence order), all in video frames."""
     rng = np.random.default_rng(seed)
     rest = _rest_pose()
     states: list[tuple[_Hand, _Hand]] = []
     spans: list[tuple[int, int]] = []
+    word_spans: list[tuple[int, int]] = []
 
     def hold(pose, n):
         states.extend([pose] * n)
@@ -353,11 +355,12 @@ def build_timeline(sentences: list[list[str]], speeds: list[float], fps: int, se
             if j:
                 move(_sign_pose(signs[j - 1], 1.0), _sign_pose(sg, 0.0), _n(SIGN_TRANSITION, fps, speed))
             n = _n(sg.duration, fps, speed, lo=3)
+            word_spans.append((len(states), len(states) + n))
             states.extend(_sign_pose(sg, i / (n - 1)) for i in range(n))
         spans.append((f0, len(states)))
         move(_sign_pose(signs[-1], 1.0), rest, _n(REST_TRANSITION, fps, speed))
     hold(rest, _n(rng.uniform(*TAIL), fps))
-    return {"states": states, "spans": spans}
+    return {"states": states, "spans": spans, "word_spans": word_spans}
 
 # %% ../nbs/01_synth.ipynb #2a67a2d2
 ASTRONAUT_FACE_BOX = (177.6, 82.9, 95.3, 95.3)      # mediapipe FaceDetection box in astronaut(), x y w h (px)
@@ -649,7 +652,8 @@ def render_video(plan: dict) -> tuple[Iterator[np.ndarray], dict]:
 
     info = {"n_frames": F, "spans": tl["spans"], "layout": layout, "keypoints": {
         "hands": hands.astype(np.float32), "pose": pose.astype(np.float32), "face_box": face_box.astype(np.float32),
-        "colours": colours.astype(np.int8), "sentence_frames": np.array(tl["spans"], np.int32).reshape(-1, 2)}}
+        "colours": colours.astype(np.int8), "sentence_frames": np.array(tl["spans"], np.int32).reshape(-1, 2),
+        "word_frames": np.array(tl["word_spans"], np.int32).reshape(-1, 2)}}
     return frames(), info
 
 def video_plan(sentences: list[list[str]], signer: Signer = SOURCE_SIGNER, background: str = "plain",
@@ -669,8 +673,8 @@ def render_sentence_frames(words: list[str], signer: Signer = SOURCE_SIGNER, bac
 
 # %% ../nbs/01_synth.ipynb #1045b4e5
 CSV_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE")
-META_COLUMNS = ("SENTENCE_NAME", "signer", "speed", "background", "words")
-GENERATOR_VERSION = "1"
+META_COLUMNS = ("SENTENCE_NAME", "signer", "speed", "background", "words", "word_frames")
+GENERATOR_VERSION = "2"
 
 def write_video(path: str | Path, frames, fps: int, width: int, height: int, crf: int = 20) -> int:
     """Encode RGB frames to H.264 mp4 (atomically); returns the frame count."""
@@ -788,7 +792,8 @@ def _render_job(job: dict) -> dict:
             with np.load(kpf) as z:
                 if str(z["plan_key"]) == key:
                     return {"index": job["index"], "n_frames": int(z["hands"].shape[0]),
-                            "spans": z["sentence_frames"].tolist(), "skipped": True}
+                            "spans": z["sentence_frames"].tolist(), "word_spans": z["word_frames"].tolist(),
+                            "skipped": True}
         except Exception:   # unreadable side file: render again
             pass
     frames, info = render_video(plan)
@@ -797,7 +802,8 @@ def _render_job(job: dict) -> dict:
     save_npz(kpf, **info["keypoints"], plan_key=np.array(key), fps=np.array(plan["fps"]),
              pose_names=np.array(POSE_NAMES), hand_names=np.array(HAND_NAMES),
              palm_colours=np.array(list(PALM_COLOURS)))
-    return {"index": job["index"], "n_frames": n, "spans": [list(s) for s in info["spans"]], "skipped": False}
+    return {"index": job["index"], "n_frames": n, "spans": [list(s) for s in info["spans"]],
+            "word_spans": info["keypoints"]["word_frames"].tolist(), "skipped": False}
 
 def _stat(xs: list[float]) -> float:
     return round(float(np.mean(xs)), 3) if xs else 0.0
@@ -849,13 +855,15 @@ def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, s
                     continue
                 vid, fps = p["video_id"], p["fps"]
                 frames_total += r["n_frames"]
+                word_spans = iter(r["word_spans"])
                 for k, ((f0, f1), words, speed) in enumerate(zip(r["spans"], p["sentences"], p["speeds"])):
                     name = f"{vid}_{k}-1-rgb_front"
+                    wf = " ".join(f"{a - f0}:{b - f0}" for a, b in (next(word_spans) for _ in words))  # sentence-relative
                     rows.append({"VIDEO_ID": vid, "VIDEO_NAME": f"{vid}-1-rgb_front", "SENTENCE_ID": f"{vid}_{k}",
                                  "SENTENCE_NAME": name, "START_REALIGNED": f"{f0 / fps:.2f}",
                                  "END_REALIGNED": f"{f1 / fps:.2f}", "SENTENCE": sentence_text(words)})
                     meta.append({"SENTENCE_NAME": name, "signer": p["signer"]["name"], "speed": speed,
-                                 "background": p["background"], "words": " ".join(words)})
+                                 "background": p["background"], "words": " ".join(words), "word_frames": wf})
                     sent_secs.append((f1 - f0) / fps)
                     n_words.append(len(words))
             rows.sort(key=lambda r: (r["VIDEO_ID"], int(r["SENTENCE_ID"].rsplit("_", 1)[1])))

@@ -20,11 +20,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoints import load_published, save_published
-from .config import PRESETS, Config, HardwareConfig, Preset, load_config
+from .config import PRESETS, Config, HardwareConfig, Preset, StageConfig, load_config
 from .extract import load_features, merge_windows
 from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
+from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
 from .sonar import (PAD_ID, SignToText, SonarTokenizer, pad_batch, sonar_asl_encoder,
                                 sonar_encoder_tiny, sonar_text_decoder_basic, sonar_text_decoder_tiny,
                                 train_synthetic_tokenizer)
@@ -32,10 +33,11 @@ from .trainer import load_weights, resolve_device, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0
-__all__ = ['TIMING_COLUMNS', 'build_translator', 'Pretrained', 'load_pretrained', 'clip_windows', 'normalize_windows',
-           'SignStack', 'words_of', 'ClipDataset', 'collate_clips', 'FeatureDataset', 'collate_features',
-           'FeatureModel', 'bleu_validator', 'crops_manifest', 'train_tokenizer', 'verify_published', 'pretrain',
-           'translate_video', 'translate_manifests', 'translate_manifest', 'domain_bleu']
+__all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'Pretrained', 'load_pretrained', 'clip_windows',
+           'normalize_windows', 'clip_units', 'SignStack', 'words_of', 'ClipDataset', 'collate_clips', 'FeatureDataset',
+           'collate_features', 'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'train_tokenizer',
+           'verify_published', 'sign_spans', 'FeatureList', 'pretrain', 'translate_video', 'translate_manifests',
+           'translate_manifest', 'domain_bleu']
 
 # %% ../nbs/09_translate.ipynb #7753930b
 def build_translator(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SignToText:
@@ -87,61 +89,34 @@ def normalize_windows(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
     x = frames.permute(0, 4, 1, 2, 3).float().div_(255.0)
     return x.sub_(sizes.mean).div_(sizes.std)
 
-class SignStack(nn.Module):
-    """SignHiera + SONAR encoder/decoder trained end to end from clips (pretraining, stage 1).
+def clip_units(signhiera: SignHiera, sizes: Preset, frames: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor,
+               n_clips: int, policy: str = "concat") -> list[torch.Tensor]:
+    """uint8 windows `[W, T, H, W, 3]`, pad `[W, T]`, owner `[W]` → per clip `[N_b, C]` (padded units dropped)."""
+    out = signhiera.extract_features(normalize_windows(frames, sizes), pad)                 # [W, T', C], [W, T']
+    U, per_clip = out.features.size(1), []
+    for b in range(n_clips):
+        ws = (owner == b).nonzero().flatten().tolist()
+        per_clip.append(merge_windows([out.features[w][out.valid[w]] for w in ws], policy, U, U // 2))
+    return per_clip
 
-    `ctc_words` adds an auxiliary CTC head over SignHiera's per-unit features that predicts the
-    sentence's words in order (stand-in pretraining only; the head is not part of any published model)."""
+class SignStack(nn.Module):
+    """SignHiera + SONAR encoder/decoder trained end to end from clips (stage 1)."""
     def __init__(self, signhiera: SignHiera, translator: SignToText, sizes: Preset,
-                 label_smoothing: float = 0.0, max_source_length: int = 512,
-                 ctc_words: Sequence[str] | None = None, ctc_weight: float = 0.0):
+                 label_smoothing: float = 0.0, max_source_length: int = 512):
         super().__init__()
         self.signhiera, self.translator, self.sizes = signhiera, translator, sizes
         self.label_smoothing, self.max_source_length = label_smoothing, max_source_length
-        self.ctc_words = {w: i + 1 for i, w in enumerate(ctc_words or [])}   # 0 = CTC blank
-        self.ctc_weight = ctc_weight if ctc_words else 0.0
-        self.ctc_head = nn.Linear(signhiera.feature_dim, len(self.ctc_words) + 1) if self.ctc_weight else None
-
-    def _units(self, frames, pad):
-        return self.signhiera.extract_features(normalize_windows(frames, self.sizes), pad)   # [W, T', C], [W, T']
-
-    def _join(self, out, owner, n_clips, policy="concat"):
-        per_clip = []
-        for b in range(n_clips):
-            ws = (owner == b).nonzero().flatten().tolist()
-            U = out.features.size(1)
-            per_clip.append(merge_windows([out.features[w][out.valid[w]] for w in ws], policy, U, U // 2))
-        return per_clip
-
-    def _pad(self, per_clip, device):
-        per_clip = [f[: self.max_source_length] for f in per_clip]
-        lengths = torch.tensor([len(f) for f in per_clip], device=device)
-        feats = pad_sequence(per_clip, batch_first=True)                                    # [B, N, C]
-        return feats, torch.arange(feats.size(1), device=device)[None] < lengths[:, None]   # mask [B, N]
 
     def features(self, frames: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor, n_clips: int):
         """uint8 windows `[W, T, H, W, 3]`, pad `[W, T]`, owner `[W]` → features `[B, N, C]`, mask `[B, N]`."""
-        return self._pad(self._join(self._units(frames, pad), owner, n_clips), frames.device)
+        per_clip = [f[: self.max_source_length] for f in clip_units(self.signhiera, self.sizes, frames, pad, owner, n_clips)]
+        lengths = torch.tensor([len(f) for f in per_clip], device=frames.device)
+        feats = pad_sequence(per_clip, batch_first=True)                                    # [B, N, C]
+        return feats, torch.arange(feats.size(1), device=frames.device)[None] < lengths[:, None]
 
-    def ctc_loss(self, out, owner, references: Sequence[str]) -> torch.Tensor:
-        """CTC of the words of each reference over the clip's units, each instant once ('trim' overlap)."""
-        seqs = self._join(out, owner, len(references), policy="trim")
-        logp = [self.ctc_head(f).float().log_softmax(-1) for f in seqs]                     # [N_b, V+1]
-        targets = [[self.ctc_words[w] for w in words_of(r) if w in self.ctc_words] for r in references]
-        T = torch.tensor([len(l) for l in logp])
-        S = torch.tensor([len(t) for t in targets])
-        lp = pad_sequence(logp, batch_first=False)                                          # [N, B, V+1]
-        flat = torch.tensor([i for t in targets for i in t], dtype=torch.long)
-        return F.ctc_loss(lp, flat, T, S, zero_infinity=True)
-
-    def training_loss(self, batch: dict):
-        out = self._units(batch["frames"], batch["pad"])
-        feats, mask = self._pad(self._join(out, batch["owner"], len(batch["tgt"])), batch["frames"].device)
-        loss = self.translator.loss(feats, mask, batch["tgt"], self.label_smoothing)
-        if not self.ctc_weight:
-            return loss
-        ctc = self.ctc_loss(out, batch["owner"], batch["reference"])
-        return {"loss": loss + self.ctc_weight * ctc, "translation_loss": loss.detach(), "ctc_loss": ctc.detach()}
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        feats, mask = self.features(batch["frames"], batch["pad"], batch["owner"], len(batch["tgt"]))
+        return self.translator.loss(feats, mask, batch["tgt"], self.label_smoothing)
 
     @torch.no_grad()
     def translate(self, batch: dict, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
@@ -150,7 +125,7 @@ class SignStack(nn.Module):
         return self.translator.translate(feats, mask, tokenizer, lang, beam_size, max_len)
 
 def words_of(text: str) -> list[str]:
-    """Lower-cased words without punctuation (the CTC targets)."""
+    """Lower-cased words without punctuation."""
     return re.findall(r"[a-z0-9']+", text.lower())
 
 # %% ../nbs/09_translate.ipynb #1c7f9ec2
@@ -270,6 +245,74 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 # %% ../nbs/09_translate.ipynb #abd355d7
+SIGN_PARAMETERS = {"location": tuple(SIGN_LOCATIONS), "motion": MOTIONS, "colour": tuple(PALM_COLOURS),
+                   "handshape": tuple(HANDSHAPES), "two_hand": TWO_HANDS}
+
+class SignRecognizer(nn.Module):
+    """Video phase of the stand-in pretraining: SignHiera + per-unit heads for the sign's word and parameters.
+
+    Class 0 of every head is "no sign here" (rest or a transition between signs). A unit's label is the
+    sign at its centre frame; `spans` maps clip id → `[(first, last + 1, word)]` in clip frames."""
+    def __init__(self, signhiera: SignHiera, sizes: Preset, words: Sequence[str],
+                 spans: dict[str, list[tuple[int, int, str]]]):
+        super().__init__()
+        self.signhiera, self.sizes, self.spans = signhiera, sizes, spans
+        self.words = {w: i + 1 for i, w in enumerate(words)}
+        self.frames_per_unit = sizes.num_frames * sizes.sampling_rate // signhiera.config.feature_frames
+        C = signhiera.feature_dim
+        self.heads = nn.ModuleDict({"word": nn.Linear(C, len(words) + 1)} |
+                                   {k: nn.Linear(C, len(v) + 1) for k, v in SIGN_PARAMETERS.items()})
+
+    def labels(self, clip_id: str, n_units: int) -> dict[str, torch.Tensor]:
+        """`{head: [n_units]}` class ids (0 = no sign; words outside the vocabulary are 0 for the word head)."""
+        if clip_id not in self.spans:
+            raise KeyError(f"{clip_id}: no sign timings (is it in synth_meta_*.tsv?)")
+        centre = torch.arange(n_units) * self.frames_per_unit + self.frames_per_unit // 2
+        out = {k: torch.zeros(n_units, dtype=torch.long) for k in self.heads}
+        for a, b, w in self.spans[clip_id]:
+            at = (centre >= a) & (centre < b)
+            out["word"][at] = self.words.get(w, 0)
+            sign = sign_for_word(w)
+            for k, values in SIGN_PARAMETERS.items():
+                out[k][at] = values.index(getattr(sign, k)) + 1
+        return out
+
+    def _logits_and_labels(self, batch: dict):
+        units = clip_units(self.signhiera, self.sizes, batch["frames"], batch["pad"], batch["owner"],
+                           len(batch["id"]), policy="trim")                                  # per clip [N_b, C]
+        feats = torch.cat(units)                                                             # [ΣN, C]
+        labels = [self.labels(i, len(u)) for i, u in zip(batch["id"], units)]
+        return ({k: h(feats).float() for k, h in self.heads.items()},
+                {k: torch.cat([l[k] for l in labels]).to(feats.device) for k in self.heads})
+
+    def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits, labels = self._logits_and_labels(batch)
+        losses = {k: F.cross_entropy(logits[k], labels[k]) for k in self.heads}
+        params = torch.stack([losses[k] for k in SIGN_PARAMETERS]).mean()
+        return {"loss": losses["word"] + params, "word_loss": losses["word"].detach(), "parameter_loss": params.detach()}
+
+    def validator(self, dataset: Dataset, batch_size: int = 8):
+        """`validate(model) -> {"sign_accuracy", "parameter_accuracy", "val_loss"}` on units inside a sign."""
+        def validate(model) -> dict[str, float]:
+            core = getattr(model, "module", model)
+            dev = next(core.parameters()).device
+            hit = {k: 0 for k in core.heads}
+            n, losses = 0, []
+            with torch.no_grad():
+                for s in range(0, len(dataset), batch_size):
+                    batch = _to(collate_clips([dataset[i] for i in range(s, min(len(dataset), s + batch_size))]), dev)
+                    logits, labels = core._logits_and_labels(batch)
+                    losses.append(float(sum(F.cross_entropy(logits[k], labels[k]) for k in core.heads)))
+                    inside = labels["word"] > 0
+                    n += int(inside.sum())
+                    for k in core.heads:
+                        hit[k] += int((logits[k].argmax(-1)[inside] == labels[k][inside]).sum())
+            return {"sign_accuracy": hit["word"] / max(n, 1),
+                    "parameter_accuracy": sum(hit[k] for k in SIGN_PARAMETERS) / max(n * len(SIGN_PARAMETERS), 1),
+                    "val_loss": float(np.mean(losses))}
+        return validate
+
+# %% ../nbs/09_translate.ipynb #20adf562
 def crops_manifest(cfg: Config, domain: str, split: str) -> Path:
     """Where `03_video` wrote the signer-crop manifest of a domain/split."""
     return Path(cfg.preprocess.output_dir) / domain / f"{split}.tsv"
@@ -293,35 +336,87 @@ def verify_published(cfg: Config) -> dict:
     write_json(Path(cfg.pretrain.output_dir) / "pretrain.json", summary)
     return summary
 
+def sign_spans(cfg: Config, domain: str, split: str) -> dict[str, list[tuple[int, int, str]]]:
+    """Per clip id, the renderer's `(first, last + 1, word)` frames of each sign, relative to the clip start."""
+    path = Path(cfg.synth.output_dir) / domain / f"synth_meta_{split}.tsv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no synthetic sign timings — run `dvc repro synth` (stand-in pretraining "
+                                f"needs the renderer's word_frames)")
+    out = {}
+    for r in read_tsv(path, required=("SENTENCE_NAME", "words", "word_frames")):
+        spans = [tuple(int(v) for v in x.split(":")) for x in r["word_frames"].split()]
+        out[r["SENTENCE_NAME"]] = [(a, b, w) for (a, b), w in zip(spans, r["words"].split())]
+    return out
+
+def _frozen_features(signhiera: SignHiera, ds: ClipDataset, sizes: Preset, device, batch_size: int = 8) -> list[dict]:
+    """SignHiera features (concat policy, as `07_extract` writes them) of every clip of `ds`, in memory."""
+    signhiera.eval()
+    items = []
+    with torch.inference_mode():
+        for s in range(0, len(ds), batch_size):
+            batch = _to(collate_clips([ds[i] for i in range(s, min(len(ds), s + batch_size))]), device)
+            feats = clip_units(signhiera, sizes, batch["frames"], batch["pad"], batch["owner"], len(batch["id"]))
+            items += [dict(features=f.float().cpu(), tgt=ds.tgt[s + k], id=batch["id"][k], reference=batch["reference"][k])
+                      for k, f in enumerate(feats)]
+    return items
+
+class FeatureList(Dataset):
+    """In-memory features (what `FeatureDataset` reads from disk), for the translation phase."""
+    def __init__(self, items: list[dict], max_source_length: int = 512):
+        self.items = [dict(it, features=it["features"][:max_source_length]) for it in items]
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i: int) -> dict: return self.items[i]
+    def length(self, i: int) -> int: return len(self.items[i]["features"])
+
 def pretrain(cfg: Config, progress: bool = True) -> dict:
-    """Train the tiny stack on the synthetic source domain; save it in the published layouts."""
+    """Synthetic: video phase, then translation phase, on the source domain; saved in the published layouts."""
     if not cfg.is_synthetic:
         return verify_published(cfg)
     if cfg.preset != "tiny":
         raise ValueError("stand-in pretraining trains the tiny preset; set preset: tiny for the synthetic dataset "
                          "(the sonar preset expects the published checkpoints: `sonar-thesis download`)")
+    pc, sizes, out = cfg.pretrain, cfg.sizes, Path(cfg.pretrain.output_dir)
     torch.manual_seed(cfg.seed)
-    sizes, out = cfg.sizes, Path(cfg.pretrain.output_dir)
     tok = SonarTokenizer(train_tokenizer(cfg))
-    lang, ls = cfg.model.target_lang, cfg.training.label_smoothing
-    train_ds = ClipDataset(crops_manifest(cfg, "source", "train"), tok, sizes, lang, cfg.data.max_target_length, progress=progress)
-    val_ds = ClipDataset(crops_manifest(cfg, "source", "val"), tok, sizes, lang, cfg.data.max_target_length, progress=progress)
-    words = sorted({w for r in train_ds.rows for w in words_of(r["translation"])})
-    stack = SignStack(build_signhiera("tiny"), build_translator("tiny", len(tok), cfg.model.dropout), sizes, ls,
-                      cfg.data.max_source_length, ctc_words=words, ctc_weight=cfg.pretrain.ctc_weight)
-    result = train(stack, train_ds, out / "run", stage=cfg.pretrain, training=cfg.training,
-                   hardware=replace(cfg.hardware, num_workers=0), logging_cfg=cfg.logging, collate_fn=collate_clips,
-                   lengths=train_ds.length, seed=cfg.seed, progress=progress,
-                   validate=bleu_validator(val_ds, collate_clips, tok, lang, cfg.training.val_beam_size,
-                                           cfg.model.max_len, max_samples=cfg.training.max_val_samples))
-    if result.best_checkpoint:
-        load_weights(stack, result.best_checkpoint)
-    stack = stack.cpu()
-    save_published(stack.signhiera, cfg.model.signhiera)
-    save_published(stack.translator.encoder, cfg.model.encoder)
-    save_published(stack.translator.decoder, cfg.model.decoder)
-    summary = dict(best_bleu_4_source_val=result.best_metric, best_step=result.best_step, steps=result.steps,
-                   stopped_early=result.stopped_early, train_clips=len(train_ds), val_clips=len(val_ds),
+    lang = cfg.model.target_lang
+    clips = {split: ClipDataset(crops_manifest(cfg, "source", split), tok, sizes, lang, cfg.data.max_target_length,
+                                progress=progress) for split in ("train", "val")}
+    spans = {**sign_spans(cfg, "source", "train"), **sign_spans(cfg, "source", "val")}
+    words = sorted({w for split in ("train",) for r in clips[split].rows for w in words_of(r["translation"])})
+    hw = replace(cfg.hardware, num_workers=0)
+
+    # 1. video phase: SignHiera + sign-recognition heads
+    recognizer = SignRecognizer(build_signhiera("tiny"), sizes, words, spans)
+    video = train(recognizer, clips["train"], out / "run_video", stage=pc, training=replace(
+                      cfg.training, early_stopping_metric="sign_accuracy"), hardware=hw, logging_cfg=cfg.logging,
+                  collate_fn=collate_clips, lengths=clips["train"].length, seed=cfg.seed, progress=progress,
+                  validate=recognizer.validator(clips["val"]), metric_mode="max")
+    if video.best_checkpoint:
+        load_weights(recognizer, video.best_checkpoint)
+    signhiera = recognizer.signhiera.cpu()
+
+    # 2. translation phase: encoder + decoder on the frozen features (stage 2's code path)
+    feats = {k: FeatureList(_frozen_features(signhiera, ds, sizes, "cpu"), cfg.data.max_source_length)
+             for k, ds in clips.items()}
+    model = FeatureModel(build_translator("tiny", len(tok), cfg.model.dropout), cfg.training.label_smoothing)
+    text = train(model, feats["train"], out / "run", stage=StageConfig(pc.translation_learning_rate,
+                     pc.translation_epochs, pc.translation_batch_size, 1),
+                 training=replace(cfg.training, early_stopping_metric=pc.translation_metric), hardware=hw,
+                 logging_cfg=cfg.logging, collate_fn=collate_features, lengths=feats["train"].length, seed=cfg.seed,
+                 progress=progress, validate=bleu_validator(feats["val"], collate_features, tok, lang,
+                     cfg.training.val_beam_size, cfg.model.max_len, max_samples=cfg.training.max_val_samples))
+    if text.best_checkpoint:
+        load_weights(model, text.best_checkpoint)
+    translator = model.translator.cpu()
+    save_published(signhiera, cfg.model.signhiera)
+    save_published(translator.encoder, cfg.model.encoder)
+    save_published(translator.decoder, cfg.model.decoder)
+    val = bleu_validator(feats["val"], collate_features, tok, lang, 1, cfg.model.max_len)(model.eval())
+    summary = dict(video=dict(best_sign_accuracy=video.best_metric, best_step=video.best_step, steps=video.steps,
+                              stopped_early=video.stopped_early),
+                   translation=dict(best_metric=pc.translation_metric, best=text.best_metric, best_step=text.best_step,
+                                    steps=text.steps, stopped_early=text.stopped_early),
+                   source_val_bleu_4=val["bleu_4"], train_clips=len(clips["train"]), val_clips=len(clips["val"]),
                    vocab_size=len(tok), synthetic=True,
                    files=[cfg.model.signhiera, cfg.model.encoder, cfg.model.decoder, cfg.model.tokenizer])
     write_json(out / "pretrain.json", summary)

@@ -78,6 +78,11 @@ def test_csv_format(corpus):
             meta = read_meta(out / domain / f"synth_meta_{split}.tsv")
             assert [m["SENTENCE_NAME"] for m in meta] == [r["SENTENCE_NAME"] for r in rows]
             assert all(sentence_text(m["words"].split()) == r["SENTENCE"] for m, r in zip(meta, rows))
+            for m, r in zip(meta, rows):   # one sign span per word, in order, inside the sentence's frames
+                spans = [tuple(map(int, x.split(":"))) for x in m["word_frames"].split()]
+                n = round((float(r["END_REALIGNED"]) - float(r["START_REALIGNED"])) * SMALL.fps)
+                assert len(spans) == len(m["words"].split()) and spans[0][0] == 0 and spans[-1][1] == n, (spans, n)
+                assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:] + [(n, 0)]))
 
 
 def test_keypoint_side_files(corpus):
