@@ -382,7 +382,7 @@ def pretrain(cfg: Config, progress: bool = True) -> dict:
     clips = {split: ClipDataset(crops_manifest(cfg, "source", split), tok, sizes, lang, cfg.data.max_target_length,
                                 progress=progress) for split in ("train", "val")}
     spans = {**sign_spans(cfg, "source", "train"), **sign_spans(cfg, "source", "val")}
-    words = sorted({w for split in ("train",) for r in clips[split].rows for w in words_of(r["translation"])})
+    words = sorted({w for r in clips["train"].rows for w in words_of(r["translation"])})
     hw = replace(cfg.hardware, num_workers=0)
 
     # 1. video phase: SignHiera + sign-recognition heads
