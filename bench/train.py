@@ -5,7 +5,7 @@ stage-2 (features only) training steps, measured in one run on synthetic inputs.
 
 It times the real `training_loss` + backward + AdamW step of the models the pipeline trains
 (`SignStack` with the stage-1 freezing, `FeatureModel` for stage 2), after warm-up steps. Peak memory
-is the process's max RSS on CPU and `torch.cuda.max_memory_allocated` on CUDA. The `sonar` preset
+is the process's max RSS on CPU (stage 2 runs first, so each figure is that stage's own peak) and `torch.cuda.max_memory_allocated` on CUDA. The `sonar` preset
 builds the published sizes (~1.7 B parameters; it needs a GPU with ≥ 40 GB for batch 8).
 """
 from __future__ import annotations
@@ -77,10 +77,19 @@ def main(argv=None):
     tgt = pad_batch([[3, 4] + list(np.random.default_rng(i).integers(5, vocab, L)) + [3] for i in range(B)], PAD_ID)
     n_tokens = int((tgt[:, 1:] != PAD_ID).sum())
 
-    # stage 1: clips through SignHiera (windows of num_frames, 50 % overlap)
     frames = int(args.seconds * sizes.target_fps)
     span = sizes.num_frames * sizes.sampling_rate
     n_win = 1 + max(0, -(-(frames - span) // (span // 2)))
+    n_feat = n_win * sizes.num_frames // 2
+
+    # stage 2 first: peak RSS only grows, so the smaller job must be measured before the larger one
+    s2 = stage2_model(models, cfg).to(device)
+    batch2 = dict(features=torch.randn(B, n_feat, sizes.feature_dim, device=device),
+                  mask=torch.ones(B, n_feat, dtype=torch.bool, device=device), tgt=tgt.to(device))
+    t2 = _time_steps(s2, batch2, args.steps, args.warmup, device)
+    peak2 = _peak_mib(device)
+
+    # stage 1: clips through SignHiera (windows of num_frames, 50 % overlap)
     s1 = stage1_model(models, cfg).to(device)
     batch1 = dict(frames=torch.randint(0, 255, (B * n_win, sizes.num_frames, sizes.crop_size, sizes.crop_size, 3),
                                        dtype=torch.uint8, device=device),
@@ -89,14 +98,6 @@ def main(argv=None):
                   reference=["x"] * B)
     t1 = _time_steps(s1, batch1, args.steps, args.warmup, device)
     peak1 = _peak_mib(device)
-
-    # stage 2: stored features -> SONAR encoder + decoder
-    n_feat = n_win * sizes.num_frames // 2
-    s2 = stage2_model(models, cfg).to(device)
-    batch2 = dict(features=torch.randn(B, n_feat, sizes.feature_dim, device=device),
-                  mask=torch.ones(B, n_feat, dtype=torch.bool, device=device), tgt=tgt.to(device))
-    t2 = _time_steps(s2, batch2, args.steps, args.warmup, device)
-    peak2 = _peak_mib(device)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; preset {args.preset}; batch {B} clips of {args.seconds:.0f} s "

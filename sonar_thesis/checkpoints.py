@@ -27,10 +27,11 @@ from tqdm import tqdm
 from .io import atomic_path, read_json, sha256sum, write_json
 
 # %% auto #0
-__all__ = ['WRAPPER_PREFIXES', 'SAFE_GLOBALS', 'SIGNHIERA_LAYOUT', 'ENCODER_LAYOUT', 'DECODER_LAYOUT', 'LAYOUTS', 'ASL_BASE_URL',
-           'SONAR_BASE_URL', 'PUBLISHED', 'LOCK_NAME', 'CheckpointError', 'Layout', 'get_layout', 'layout_for',
-           'read_checkpoint', 'LoadReport', 'guess_layout', 'diff_checkpoint', 'load_published', 'published_state_dict',
-           'save_published', 'describe_checkpoint', 'PublishedFile', 'DownloadError', 'ChecksumError', 'download']
+__all__ = ['WRAPPER_PREFIXES', 'SAFE_GLOBALS', 'SIGNHIERA_LAYOUT', 'ENCODER_LAYOUT', 'DECODER_LAYOUT', 'TEXT_ENCODER_LAYOUT',
+           'LAYOUTS', 'ASL_BASE_URL', 'SONAR_BASE_URL', 'PUBLISHED', 'LOCK_NAME', 'CheckpointError', 'Layout',
+           'get_layout', 'layout_for', 'read_checkpoint', 'LoadReport', 'guess_layout', 'diff_checkpoint',
+           'load_published', 'published_state_dict', 'save_published', 'describe_checkpoint', 'PublishedFile',
+           'DownloadError', 'ChecksumError', 'download']
 
 # %% ../nbs/06_checkpoints.ipynb #777ed03a
 class CheckpointError(RuntimeError):
@@ -150,7 +151,18 @@ DECODER_LAYOUT = Layout(
     key_map=_decoder_key_map,
 )
 
-LAYOUTS: dict[str, Layout] = {l.name: l for l in (SIGNHIERA_LAYOUT, ENCODER_LAYOUT, DECODER_LAYOUT)}
+TEXT_ENCODER_LAYOUT = Layout(  # no published spec to check against: fairseq2-style names, see 05_sonar
+    name="sonar_text_encoder",
+    file="sonar_text_encoder.pt",
+    model_classes=("SonarTextEncoder",),
+    state_keys=("model",),
+    expected_missing={"encoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build"},
+    expected_extra={"encoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build"},
+    drop_on_save=("encoder_frontend.pos_encoder.freqs",),
+)
+
+LAYOUTS: dict[str, Layout] = {l.name: l for l in (SIGNHIERA_LAYOUT, ENCODER_LAYOUT, DECODER_LAYOUT,
+                                                  TEXT_ENCODER_LAYOUT)}
 
 # %% ../nbs/06_checkpoints.ipynb #1c695796
 def get_layout(layout: str | Layout) -> Layout:
@@ -292,6 +304,7 @@ _SIGNATURE_KEYS = {  # a key that only one published model has -> layout id
     "encoder.block.0.layer.0.SelfAttention.q.weight": "sonar_encoder",
     "decoder_frontend.embed.weight": "sonar_decoder",
     "decoder.layers.0.self_attn.q_proj.weight": "sonar_decoder",
+    "encoder_frontend.embed.weight": "sonar_text_encoder",
 }
 
 
@@ -614,7 +627,7 @@ def describe_checkpoint(checkpoint: str | os.PathLike | Mapping, limit: int = 8,
     print("\n".join(lines))
     return info
 
-# %% ../nbs/06_checkpoints.ipynb #e8901c52
+# %% ../nbs/06_checkpoints.ipynb #e2d63e7e
 @dataclass(frozen=True)
 class PublishedFile:
     """One downloadable file."""
@@ -635,6 +648,8 @@ PUBLISHED: dict[str, tuple[PublishedFile, ...]] = {
         PublishedFile(SONAR_BASE_URL + "sonar_text_decoder.pt", "sonar_text_decoder.pt"),
         PublishedFile(SONAR_BASE_URL + "sentencepiece.source.256000.model", "sentencepiece.source.256000.model"),
     ),
+    # the teacher of stage 2's optional embedding loss (SONAR card text_sonar_basic_encoder)
+    "sonar_text_encoder": (PublishedFile(SONAR_BASE_URL + "sonar_text_encoder.pt", "sonar_text_encoder.pt"),),
     # the DailyMoth sample clip of the SONAR ASL demo: the zero-shot smoke test
     "sonar_sample_clip": (PublishedFile(ASL_BASE_URL + "0043626-2023.1.4.mp4", "0043626-2023.1.4.mp4"),),
 }

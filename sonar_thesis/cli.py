@@ -96,7 +96,7 @@ def prepare(
 @app.command()
 @cli_errors
 def download(
-    model: str = typer.Option("all", "--model", help="all | sonar_signhiera | sonar_encoder | sonar_decoder | sonar_sample_clip"),
+    model: str = typer.Option("all", "--model", help="all | sonar_signhiera | sonar_encoder | sonar_decoder | sonar_text_encoder | sonar_sample_clip"),
     output: Path = typer.Option(Path("models/pretrained"), "--output", help="Folder for the files and checksums.json."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of files already present."),
 ):

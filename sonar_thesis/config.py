@@ -186,6 +186,8 @@ class ModelConfig:
     encoder: str = "models/pretrained/sonar_encoder.pth"           # {"student": …}; real: dm_70h_ub_sonar_encoder.pth
     decoder: str = "models/pretrained/sonar_text_decoder.pt"       # {"model": fairseq2 keys}
     tokenizer: str = "models/pretrained/tokenizer.model"           # real: sentencepiece.source.256000.model
+    text_encoder: str = ""    # SONAR text encoder (teacher of stage2.embedding_loss_weight); '' = none. Synthetic:
+                              # written by pretrain; real: sonar_text_encoder.pt (`sonar-thesis download`)
     tokenizer_vocab_size: int = 400        # synthetic only: SentencePiece trained on the synthetic train text
     target_lang: str = "eng_Latn"
     beam_size: int = 5
@@ -239,17 +241,22 @@ class StageConfig:
 
 @dataclass
 class PretrainConfig(StageConfig):
-    """Stand-in pretraining on the synthetic source domain (the DailyMoth stand-in), in two phases.
+    """Stand-in pretraining of the synthetic default, in three phases (see `09_translate`).
 
-    `learning_rate`/`epochs`/`batch_size` are the video phase (SignHiera + sign-recognition heads on
-    clips); the `translation_*` keys the translation phase (encoder + decoder on frozen features)."""
+    `text_*`: SONAR text encoder + decoder as a sentence autoencoder on the train text of every domain;
+    `learning_rate`/`epochs`/`batch_size`: the video phase (SignHiera + sign-recognition heads on source
+    clips); `translation_*`: the ASL encoder as the text encoder's student on frozen source features."""
+    text_learning_rate: float = 1e-3
+    text_epochs: int = 40
+    text_batch_size: int = 32
     learning_rate: float = 1e-3
     epochs: int = 10
     batch_size: int = 8
     translation_learning_rate: float = 1e-3
     translation_epochs: int = 60
     translation_batch_size: int = 16
-    translation_metric: str = "val_loss"  # early stopping of the translation phase (bleu_4 | val_loss)
+    translation_metric: str = "bleu_4"    # best checkpoint of the translation phase (bleu_4 | val_loss)
+    embedding_loss_weight: float = 1.0    # translation phase: CE + weight * squared distance to the text embedding
     output_dir: str = "models/pretrained"
 
 @dataclass
@@ -273,7 +280,7 @@ class Stage2Config(StageConfig):
     epochs: int = 20
     batch_size: int = 32
     gradient_accumulation_steps: int = 1
-    embedding_loss_weight: float = 0.0    # pull towards the SONAR text embedding, when a text encoder exists
+    embedding_loss_weight: float = 0.0    # > 0: + weight * squared distance to model.text_encoder's embedding of the reference
     output_dir: str = "models/stage2"
 
 @dataclass

@@ -14,41 +14,21 @@ import torch.nn as nn
 from .checkpoints import save_published
 from .config import Config, load_config
 from .io import write_json
-from .trainer import load_weights, resolve_device, setup_distributed, train
-from .translate import (ClipDataset, FeatureDataset, FeatureModel, SignStack, bleu_validator,
-                                    collate_clips, collate_features, crops_manifest, load_pretrained,
-                                    translate_manifests)
+from .trainer import inputs_fingerprint, load_weights, resolve_device, setup_distributed, train
+from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
+                                    bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
+                                    load_pretrained, translate_manifests)
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'ABLATION_DIR', 'freeze', 'FrozenEval', 'Stage1Stack', 'Stage2Model', 'stage1_model', 'stage2_model',
-           'run_stage1', 'run_stage2', 'system_paths', 'predict_system']
+__all__ = ['SYSTEMS', 'ABLATION_DIR', 'Stage1Stack', 'Stage2Model', 'stage1_model', 'stage2_model', 'run_stage1', 'run_stage2',
+           'system_paths', 'predict_system']
 
 # %% ../nbs/10_finetune.ipynb #3e81461b
-def freeze(module: nn.Module, frozen: bool = True) -> nn.Module:
-    """Set `requires_grad = not frozen` on every parameter of `module`."""
-    for p in module.parameters():
-        p.requires_grad_(not frozen)
-    return module
-
-def _eval_frozen(root: nn.Module) -> None:
-    for m in root.modules():
-        params = list(m.parameters(recurse=True))
-        if m is not root and params and not any(p.requires_grad for p in params):
-            m.eval()
-
-class FrozenEval:
-    """Mixin: after `train()`, fully frozen sub-modules go back to eval mode."""
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode:
-            _eval_frozen(self)
-        return self
-
 class Stage1Stack(FrozenEval, SignStack):
     """`SignStack` whose fully frozen sub-modules stay in eval mode during training."""
 
-class Stage2Model(FrozenEval, FeatureModel):
-    """`FeatureModel` whose fully frozen sub-modules stay in eval mode during training."""
+class Stage2Model(FeatureModel):
+    """Stage 2's model: `FeatureModel` (fully frozen sub-modules stay in eval mode; optional embedding loss)."""
 
 def stage1_model(models, cfg: Config) -> Stage1Stack:
     """Pretrained stack with the stage-1 freezing applied."""
@@ -63,7 +43,7 @@ def stage2_model(models, cfg: Config) -> Stage2Model:
     tr = models.translator
     freeze(tr.encoder, False)
     freeze(tr.decoder, cfg.stage2.freeze_decoder)
-    return Stage2Model(tr, cfg.training.label_smoothing)
+    return Stage2Model(tr, cfg.training.label_smoothing, cfg.stage2.embedding_loss_weight)
 
 # %% ../nbs/10_finetune.ipynb #600f9c5b
 def _validator(ds, collate, models, cfg):
@@ -84,7 +64,10 @@ def run_stage1(cfg: Config, progress: bool = True) -> dict:
     result = train(model, train_ds, out / "run", stage=cfg.stage1, training=cfg.training,
                    hardware=replace(cfg.hardware, num_workers=0) if cache else cfg.hardware,
                    logging_cfg=cfg.logging, collate_fn=collate_clips, lengths=train_ds.length, seed=cfg.seed,
-                   validate=_validator(val_ds, collate_clips, models, cfg), progress=progress)
+                   validate=_validator(val_ds, collate_clips, models, cfg), progress=progress,
+                   fingerprint=dict(inputs=inputs_fingerprint([crops_manifest(cfg, "target", "train"),
+                                    crops_manifest(cfg, "target", "val"), cfg.model.signhiera, cfg.model.encoder,
+                                    cfg.model.decoder, cfg.model.tokenizer])))
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
     save_published(model.signhiera.cpu(), out / "signhiera.pth")
@@ -99,11 +82,16 @@ def run_stage1(cfg: Config, progress: bool = True) -> dict:
 def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     """Train the SONAR encoder (+ decoder) on `features_root/target/{train,val}`; save in published layouts."""
     torch.manual_seed(cfg.seed)
-    models = load_pretrained(cfg)
+    teacher = cfg.stage2.embedding_loss_weight > 0
+    models = load_pretrained(cfg, text_encoder=teacher)
     tok, lang, out = models.tokenizer, cfg.model.target_lang, Path(out_dir)
     feats = Path(features_root) / "target"
     kw = dict(lang=lang, max_source_length=cfg.data.max_source_length, max_target_length=cfg.data.max_target_length)
     train_ds, val_ds = FeatureDataset(feats / "train", tok, **kw), FeatureDataset(feats / "val", tok, **kw)
+    if teacher:  # the reference embeddings are fixed: computed once, then the text encoder is dropped
+        for ds in (train_ds, val_ds):
+            attach_teacher(ds, models.text_encoder, tok, lang)
+        models.text_encoder = None
     if cfg.model.dropout:  # fine-tuning dropout (the published models were trained with 0)
         for m in models.translator.modules():
             if isinstance(m, nn.Dropout):
@@ -111,7 +99,9 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, prog
     model = stage2_model(models, cfg)
     result = train(model, train_ds, out / "run", stage=cfg.stage2, training=cfg.training, hardware=cfg.hardware,
                    logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
-                   validate=_validator(val_ds, collate_features, models, cfg), progress=progress)
+                   validate=_validator(val_ds, collate_features, models, cfg), progress=progress,
+                   fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", cfg.model.encoder,
+                                    cfg.model.decoder, cfg.model.tokenizer] + ([cfg.model.text_encoder] if teacher else []))))
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
     save_published(model.translator.encoder.cpu(), out / "sonar_encoder.pth")

@@ -22,7 +22,7 @@ from .extract import ExtractFailure, extract_manifest, load_features
 from .io import read_json, read_tsv, write_json, write_tsv
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
-from .trainer import load_checkpoint, load_weights, resolve_device, save_checkpoint, train
+from .trainer import inputs_fingerprint, load_checkpoint, load_weights, resolve_device, save_checkpoint, train
 from .translate import TIMING_COLUMNS, FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 
@@ -556,7 +556,9 @@ def train_landmarks(cfg: Config, progress: bool = True) -> dict:
                    logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
                    validate=bleu_validator(val_ds, collate_features, tok, lang, cfg.training.val_beam_size,
                                            cfg.model.max_len, max_samples=cfg.training.max_val_samples),
-                   progress=progress, fingerprint={"model": model.config, "landmarks": _landmark_settings(feats / "train")})
+                   progress=progress, fingerprint={"model": model.config, "landmarks": _landmark_settings(feats / "train"),
+                                                   "inputs": inputs_fingerprint([feats / "train", feats / "val",
+                                                                                 cfg.model.tokenizer])})
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
     path = save_landmark_model(model.cpu(), out / "landmarks.pt")

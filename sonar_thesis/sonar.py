@@ -26,7 +26,9 @@ __all__ = ['KV', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID
            'SinusoidalPositionEncoder', 'DecoderFrontend', 'MultiheadAttention', 'FeedForward', 'DecoderLayer',
            'TransformerDecoder', 'TiedProjection', 'DecoderCache', 'SonarTextDecoder', 'sonar_text_decoder_basic',
            'sonar_text_decoder_tiny', 'decoder_state_from_fairseq2', 'decoder_state_to_fairseq2', 'TokenLayout',
-           'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer', 'pad_batch', 'SignToText']
+           'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer', 'pad_batch', 'decoder_loss', 'SignToText',
+           'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder', 'sonar_text_encoder_basic',
+           'sonar_text_encoder_tiny']
 
 # %% ../nbs/05_sonar.ipynb #2e1a9215
 def state_dict_shapes(module: nn.Module) -> dict[str, list[int]]:
@@ -210,13 +212,19 @@ class MultiheadAttention(nn.Module):
         """Keys and values of `x` `[B, S, D]` in head layout."""
         return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
 
-    def forward(self, x: Tensor, kv: KV, causal: bool = False) -> Tensor:
-        """Queries `x` `[B, T, D]` attend to `kv` (`[B, H, S, Dh]` each; the last T keys are x's own when causal)."""
+    def forward(self, x: Tensor, kv: KV, causal: bool = False, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Queries `x` `[B, T, D]` attend to `kv` (`[B, H, S, Dh]` each; the last T keys are x's own when causal).
+
+        `key_padding_mask` `[B, S]` (True = padding) hides keys; it is for the non-causal text encoder."""
         q = self._heads(self.q_proj(x))
         k, v = kv
         T, S = q.size(2), k.size(2)
         mask, is_causal = None, False
-        if causal and T > 1:
+        if key_padding_mask is not None:
+            if causal:
+                raise ValueError("key_padding_mask is for non-causal attention (the decoder pads on the right)")
+            mask = ~key_padding_mask[:, None, None, :]                   # [B, 1, 1, S], True = attend
+        elif causal and T > 1:
             if S == T:
                 is_causal = True
             else:                                                        # cached prefix of S - T positions
@@ -672,6 +680,14 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID, device=None) 
     return out
 
 
+def decoder_loss(decoder: SonarTextDecoder, embeddings: Tensor, tgt_ids: Tensor, label_smoothing: float = 0.0,
+                 pad_id: int = PAD_ID) -> Tensor:
+    """Teacher-forced mean token cross-entropy of `tgt_ids` `[B, T]` given sentence embeddings `[B, D]`."""
+    logits = decoder(tgt_ids[:, :-1], embeddings)                       # [B, T-1, V]
+    return F.cross_entropy(logits.flatten(0, 1).float(), tgt_ids[:, 1:].flatten(),
+                           ignore_index=pad_id, label_smoothing=label_smoothing)
+
+
 class SignToText(nn.Module):
     """SONAR ASL encoder + SONAR text decoder: features -> sentence embedding -> text."""
     def __init__(self, encoder: SignT5SonarEncoder, decoder: SonarTextDecoder):
@@ -691,9 +707,7 @@ class SignToText(nn.Module):
     def loss(self, features: Tensor, mask: Tensor | None, tgt_ids: Tensor,
              label_smoothing: float = 0.0, pad_id: int = PAD_ID) -> Tensor:
         """Mean token cross-entropy of `tgt_ids` `[B, T]` (`encode_target` rows, right-padded with `pad_id`)."""
-        logits = self(features, mask, tgt_ids[:, :-1])                  # [B, T-1, V]
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_ids[:, 1:].flatten(),
-                               ignore_index=pad_id, label_smoothing=label_smoothing)
+        return decoder_loss(self.decoder, self.embed(features, mask), tgt_ids, label_smoothing, pad_id)
 
     @torch.no_grad()
     def translate(self, features: Tensor, mask: Tensor | None, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
@@ -708,3 +722,72 @@ class SignToText(nn.Module):
         finally:
             self.train(was_training)
         return [tokenizer.decode(h) for h in hyps]
+
+# %% ../nbs/05_sonar.ipynb #d4c08d32
+class EncoderLayer(nn.Module):
+    """Pre-norm layer: self-attention over the whole sentence (padding masked), FFN; each with a residual."""
+    def __init__(self, cfg: SonarTextDecoderConfig):
+        super().__init__()
+        d, h, p, eps = cfg.model_dim, cfg.num_heads, cfg.dropout_p, cfg.layer_norm_eps
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.self_attn = MultiheadAttention(d, h, p)
+        self.ffn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.ffn = FeedForward(d, cfg.ffn_inner_dim, p)
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor) -> Tensor:
+        """`[B, T, D]` (+ `[B, T]` padding) -> `[B, T, D]`."""
+        h = self.self_attn_layer_norm(x)
+        x = x + self.dropout(self.self_attn(h, self.self_attn.project_kv(h), key_padding_mask=key_padding_mask))
+        return x + self.dropout(self.ffn(self.ffn_layer_norm(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """The encoder layer stack and its final LayerNorm (fairseq2 `encoder.*` names)."""
+    def __init__(self, cfg: SonarTextDecoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layer_norm = nn.LayerNorm(cfg.model_dim, eps=cfg.layer_norm_eps)
+
+
+class SonarTextEncoder(nn.Module):
+    """SONAR text encoder: `encode_source` ids `[B, T]` (right-padded with `PAD_ID`) -> sentence embeddings `[B, D]`."""
+    def __init__(self, cfg: SonarTextDecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder_frontend = DecoderFrontend(cfg)                     # embed * sqrt(D) + sinusoidal positions
+        self.encoder = TransformerEncoder(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The decoder's init: embeddings N(0, D^-1/2), Xavier linears, zero biases."""
+        if self.encoder_frontend.embed.weight.is_meta:
+            return
+        nn.init.normal_(self.encoder_frontend.embed.weight, std=self.cfg.model_dim ** -0.5)
+        for name, m in self.encoder.named_modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight, gain=2 ** -0.5 if name.endswith(("q_proj", "k_proj", "v_proj")) else 1.0)
+                nn.init.zeros_(m.bias)
+
+    def reset_non_persistent_buffers(self) -> None:
+        self.encoder_frontend.pos_encoder.reset_non_persistent_buffers()
+
+    def forward(self, tokens: Tensor, pad_id: int = PAD_ID) -> Tensor:
+        pad = tokens.eq(pad_id)                                          # [B, T]
+        x = self.encoder_frontend(tokens)                                # [B, T, D]
+        for layer in self.encoder.layers:
+            x = layer(x, pad)
+        x = self.encoder.layer_norm(x)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)                          # [B, T, 1]
+        return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)            # mean over real tokens -> [B, D]
+
+
+def sonar_text_encoder_basic(**overrides) -> SonarTextEncoder:
+    """SONAR's "basic" text encoder sizes (the decoder's: 24 layers, 1024, 16 heads, FFN 8192, vocab 256206)."""
+    return SonarTextEncoder(SonarTextDecoderConfig(**overrides))
+
+
+def sonar_text_encoder_tiny(vocab_size: int, **overrides) -> SonarTextEncoder:
+    """The `tiny` preset (the tiny decoder's sizes: dim 256, 2 layers, 4 heads, FFN 512)."""
+    kw = dict(model_dim=256, num_layers=2, num_heads=4, ffn_inner_dim=512, max_seq_len=128, vocab_size=vocab_size)
+    return SonarTextEncoder(SonarTextDecoderConfig(**{**kw, **overrides}))

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,14 +30,14 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_json, sha256sum, write_json
 
 # %% auto #0
 __all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_device', 'resolve_precision', 'autocast_context', 'DistInfo',
            'setup_distributed', 'BucketBatchSampler', 'param_groups', 'make_optimizer', 'WarmupCosine',
            'effective_warmup', 'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'rng_state',
            'set_rng_state', 'seed_everything', 'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo',
-           'set_gradient_checkpointing', 'train']
+           'set_gradient_checkpointing', 'inputs_fingerprint', 'model_signature', 'train']
 
 # %% ../nbs/08_trainer.ipynb #d3a52ef5
 @runtime_checkable
@@ -487,13 +488,34 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> bool:
     return False
 
 
+def inputs_fingerprint(paths: Iterable[str | Path]) -> str:
+    """sha256 over the contents of input files (folders: every file inside, sorted) — pass it as a
+    `fingerprint` extra, so a finished run is not reused after its inputs changed (DVC reruns the stage,
+    the settings are the same, the data is not). Missing paths count as missing, not as an error."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(f"{f}\0{sha256sum(f) if f.is_file() else 'missing'}\n".encode())
+    return h.hexdigest()
+
+
+def model_signature(model: nn.Module) -> str:
+    """sha1 of the model class and every parameter's name, shape and trainability: another architecture or
+    another freezing is another experiment, even under the same hyper-parameters."""
+    lines = [type(model).__name__] + [f"{n}:{tuple(p.shape)}:{p.requires_grad}" for n, p in model.named_parameters()]
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
+
+
 def _fingerprint(stage: StageConfig, training: TrainingConfig, hardware: HardwareConfig, seed: int,
-                 n_items: int, global_batch: int, max_steps: int | None, extra: Mapping | None) -> str:
+                 n_items: int, global_batch: int, max_steps: int | None, extra: Mapping | None,
+                 model: nn.Module | None = None) -> str:
     st = {k: v for k, v in dataclasses.asdict(stage).items() if k != "output_dir"}
     tr = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("save_every_n_steps", "save_total_limit")}
     fp = {"stage_type": type(stage).__name__, "stage": st, "training": tr,
           "mixed_precision": hardware.mixed_precision, "seed": seed, "n_items": n_items,
-          "global_batch_size": global_batch, "max_steps": max_steps, "extra": dict(extra or {})}
+          "global_batch_size": global_batch, "max_steps": max_steps, "extra": dict(extra or {}),
+          "model": model_signature(model) if model is not None else None}
     return json.dumps(fp, sort_keys=True, default=str)
 
 
@@ -630,7 +652,7 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
                                  info.rank, seed, training.length_bucketing, megabatches)
     spe = sampler.steps_per_epoch
     total_steps = stage.epochs * spe if max_steps is None else min(stage.epochs * spe, max_steps)
-    fp = _fingerprint(stage, training, hardware, seed, n, sampler.global_batch_size, max_steps, fingerprint)
+    fp = _fingerprint(stage, training, hardware, seed, n, sampler.global_batch_size, max_steps, fingerprint, model)
     last_path, best_path, done_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / DONE_FILE
     ckpt_dir = out_dir / "checkpoints"
 

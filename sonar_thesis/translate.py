@@ -26,18 +26,20 @@ from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
-from .sonar import (PAD_ID, SignToText, SonarTokenizer, pad_batch, sonar_asl_encoder,
-                                sonar_encoder_tiny, sonar_text_decoder_basic, sonar_text_decoder_tiny,
-                                train_synthetic_tokenizer)
-from .trainer import load_weights, resolve_device, train
+from .sonar import (EOS_ID, PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
+                                decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_tiny,
+                                sonar_text_decoder_basic, sonar_text_decoder_tiny, sonar_text_encoder_basic,
+                                sonar_text_encoder_tiny, train_synthetic_tokenizer)
+from .trainer import inputs_fingerprint, load_weights, resolve_device, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0
-__all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'Pretrained', 'load_pretrained', 'clip_windows',
-           'normalize_windows', 'clip_units', 'SignStack', 'words_of', 'ClipDataset', 'collate_clips', 'FeatureDataset',
-           'collate_features', 'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'train_tokenizer',
-           'verify_published', 'sign_spans', 'FeatureList', 'pretrain', 'translate_video', 'translate_manifests',
-           'translate_manifest', 'domain_bleu']
+__all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'build_text_encoder', 'Pretrained', 'load_pretrained',
+           'clip_windows', 'normalize_windows', 'clip_units', 'SignStack', 'words_of', 'ClipDataset', 'collate_clips',
+           'FeatureDataset', 'collate_features', 'text_embeddings', 'attach_teacher', 'embedding_distance', 'freeze',
+           'FrozenEval', 'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'split_texts',
+           'train_tokenizer', 'verify_published', 'sign_spans', 'FeatureList', 'TextPairs', 'collate_text',
+           'TextAutoencoder', 'pretrain', 'translate_video', 'translate_manifests', 'translate_manifest', 'domain_bleu']
 
 # %% ../nbs/09_translate.ipynb #7753930b
 def build_translator(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SignToText:
@@ -49,15 +51,35 @@ def build_translator(preset: str, vocab_size: int | None = None, dropout: float 
     return SignToText(sonar_encoder_tiny(PRESETS["tiny"].feature_dim, dropout_rate=dropout),
                       sonar_text_decoder_tiny(vocab_size, dropout_p=dropout))
 
+def build_text_encoder(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SonarTextEncoder:
+    """SONAR text encoder at `preset` sizes (the teacher; tiny needs the tokenizer's `vocab_size`)."""
+    if preset == "sonar":
+        return sonar_text_encoder_basic(dropout_p=dropout)
+    if vocab_size is None:
+        raise ValueError("the tiny text encoder's vocabulary comes from the synthetic tokenizer: pass vocab_size")
+    return sonar_text_encoder_tiny(vocab_size, dropout_p=dropout)
+
 @dataclass
 class Pretrained:
-    """The three pretrained models and the tokenizer."""
+    """The three pretrained models and the tokenizer (+ the text encoder, when asked for)."""
     signhiera: SignHiera
     translator: SignToText
     tokenizer: SonarTokenizer
+    text_encoder: SonarTextEncoder | None = None
+
+def _text_encoder_path(cfg: Config) -> Path:
+    p = cfg.model.text_encoder
+    if not p or not Path(p).is_file():
+        hint = ("run `dvc repro pretrain`" if cfg.is_synthetic else
+                "run `sonar-thesis download --model sonar_text_encoder`")
+        raise FileNotFoundError(f"{p or 'model.text_encoder (empty)'}: no SONAR text encoder checkpoint — it is the "
+                                f"teacher of stage2.embedding_loss_weight > 0; {hint} and set model.text_encoder in "
+                                f"params.yaml, or set the weight to 0")
+    return Path(p)
 
 def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | None = None,
-                    decoder: str | None = None, device: str | torch.device = "cpu", strict: bool = True) -> Pretrained:
+                    decoder: str | None = None, device: str | torch.device = "cpu", strict: bool = True,
+                    text_encoder: bool = False) -> Pretrained:
     """Build the `cfg.preset` models and load checkpoints (default: `cfg.model.*` paths) in the published layouts."""
     paths = dict(signhiera=signhiera or cfg.model.signhiera, encoder=encoder or cfg.model.encoder,
                  decoder=decoder or cfg.model.decoder, tokenizer=cfg.model.tokenizer)
@@ -71,7 +93,12 @@ def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | No
     load_published(sh, paths["signhiera"], strict=strict, verbose=False)
     load_published(tr.encoder, paths["encoder"], strict=strict, verbose=False)
     load_published(tr.decoder, paths["decoder"], strict=strict, verbose=False)
-    return Pretrained(sh.to(device).eval(), tr.to(device).eval(), tok)
+    te = None
+    if text_encoder:
+        te = build_text_encoder(cfg.preset, len(tok))
+        load_published(te, _text_encoder_path(cfg), strict=strict, verbose=False)
+        te = te.to(device).eval()
+    return Pretrained(sh.to(device).eval(), tr.to(device).eval(), tok, te)
 
 # %% ../nbs/09_translate.ipynb #ffaac937
 def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +209,8 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{feature_dir}/lengths.tsv: no features — run the extract stage first")
         self.dir, self.max_source_length = feature_dir, max_source_length
         self.tgt = [_encode_target(tokenizer, r["translation"], lang, max_target_length) for r in self.rows]
+        self.references = [r["translation"] for r in self.rows]
+        self.teacher: torch.Tensor | None = None    # [N, D] text embeddings of the references (attach_teacher)
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self):
@@ -197,25 +226,83 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if i not in self._cache:
             self._cache[i] = load_features(self._path(i))[: self.max_source_length].float()
-        return dict(features=self._cache[i], tgt=self.tgt[i], id=self.rows[i]["id"],
-                    reference=self.rows[i]["translation"])
+        item = dict(features=self._cache[i], tgt=self.tgt[i], id=self.rows[i]["id"], reference=self.references[i])
+        if self.teacher is not None:
+            item["teacher"] = self.teacher[i]
+        return item
 
 def collate_features(items: list[dict]) -> dict:
-    """Right-pad features `[B, N, C]` with mask `[B, N]` and targets `[B, L]`."""
+    """Right-pad features `[B, N, C]` with mask `[B, N]` and targets `[B, L]` (+ teacher embeddings `[B, D]`)."""
     feats = pad_sequence([it["features"] for it in items], batch_first=True)
     lengths = torch.tensor([len(it["features"]) for it in items])
-    return dict(features=feats, mask=torch.arange(feats.size(1))[None] < lengths[:, None],
-                tgt=pad_batch([it["tgt"] for it in items], PAD_ID), id=[it["id"] for it in items],
-                reference=[it["reference"] for it in items])
+    batch = dict(features=feats, mask=torch.arange(feats.size(1))[None] < lengths[:, None],
+                 tgt=pad_batch([it["tgt"] for it in items], PAD_ID), id=[it["id"] for it in items],
+                 reference=[it["reference"] for it in items])
+    if "teacher" in items[0]:
+        batch["teacher"] = torch.stack([it["teacher"] for it in items])
+    return batch
 
-class FeatureModel(nn.Module):
-    """SONAR encoder + decoder trained on stored features (stage 2, ablation)."""
-    def __init__(self, translator: SignToText, label_smoothing: float = 0.0):
+# %% ../nbs/09_translate.ipynb #cfe048ab
+@torch.no_grad()
+def text_embeddings(text_encoder: SonarTextEncoder, tokenizer: SonarTokenizer, texts: Sequence[str],
+                    lang: str = "eng_Latn", batch_size: int = 64) -> torch.Tensor:
+    """SONAR text embeddings `[N, D]` (float32, CPU) of sentences, read as `encode_source` ids."""
+    was_training, dev, limit = text_encoder.training, next(text_encoder.parameters()).device, text_encoder.cfg.max_seq_len
+    text_encoder.eval()
+    out = []
+    for s in range(0, len(texts), batch_size):
+        ids = [tokenizer.encode_source(t, lang) for t in texts[s: s + batch_size]]
+        ids = [x if len(x) <= limit else x[: limit - 1] + [EOS_ID] for x in ids]
+        out.append(text_encoder(pad_batch(ids, PAD_ID, device=dev)).float().cpu())
+    text_encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, text_encoder.cfg.model_dim)
+
+def attach_teacher(dataset: Dataset, text_encoder: SonarTextEncoder, tokenizer: SonarTokenizer,
+                   lang: str = "eng_Latn") -> Dataset:
+    """Give a feature dataset (with `references`) the teacher embedding of every reference; returns it."""
+    dataset.teacher = text_embeddings(text_encoder, tokenizer, dataset.references, lang)
+    return dataset
+
+def embedding_distance(predicted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance `[B, D]` vs `[B, D]`, summed over D, mean over the batch."""
+    return (predicted.float() - teacher.float()).pow(2).sum(-1).mean()
+
+def freeze(module: nn.Module, frozen: bool = True) -> nn.Module:
+    """Set `requires_grad = not frozen` on every parameter of `module`."""
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+    return module
+
+def _eval_frozen(root: nn.Module) -> None:
+    for m in root.modules():
+        params = list(m.parameters(recurse=True))
+        if m is not root and params and not any(p.requires_grad for p in params):
+            m.eval()
+
+class FrozenEval:
+    """Mixin: after `train()`, fully frozen sub-modules go back to eval mode."""
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            _eval_frozen(self)
+        return self
+
+class FeatureModel(FrozenEval, nn.Module):
+    """SONAR encoder + decoder trained on stored features (pretraining's translation phase, stage 2, ablation)."""
+    def __init__(self, translator: SignToText, label_smoothing: float = 0.0, embedding_loss_weight: float = 0.0):
         super().__init__()
         self.translator, self.label_smoothing = translator, label_smoothing
+        self.embedding_loss_weight = embedding_loss_weight
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        return self.translator.loss(batch["features"], batch["mask"], batch["tgt"], self.label_smoothing)
+        emb = self.translator.embed(batch["features"], batch["mask"])                       # [B, D]
+        loss = decoder_loss(self.translator.decoder, emb, batch["tgt"], self.label_smoothing)
+        if self.embedding_loss_weight:
+            if "teacher" not in batch:
+                raise ValueError("embedding_loss_weight > 0 but the batch has no teacher embeddings: "
+                                 "attach_teacher(dataset, text_encoder, tokenizer) first")
+            loss = loss + self.embedding_loss_weight * embedding_distance(emb, batch["teacher"])
+        return loss
 
     @torch.no_grad()
     def translate(self, batch: dict, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
@@ -317,13 +404,18 @@ def crops_manifest(cfg: Config, domain: str, split: str) -> Path:
     """Where `03_video` wrote the signer-crop manifest of a domain/split."""
     return Path(cfg.preprocess.output_dir) / domain / f"{split}.tsv"
 
-def train_tokenizer(cfg: Config) -> Path:
-    """SentencePiece on the synthetic training text of every domain → `cfg.model.tokenizer`."""
+def split_texts(cfg: Config, split: str) -> list[str]:
+    """The translations of a split in every domain (the stand-in's "general English" text)."""
     texts = []
     for domain in cfg.domain_dirs():
-        p = Path(cfg.data.prepared_dir) / domain / "train.tsv"
+        p = Path(cfg.data.prepared_dir) / domain / f"{split}.tsv"
         if p.exists():
             texts += [r["translation"] for r in read_tsv(p)]
+    return texts
+
+def train_tokenizer(cfg: Config) -> Path:
+    """SentencePiece on the synthetic training text of every domain → `cfg.model.tokenizer`."""
+    texts = split_texts(cfg, "train")
     out = Path(cfg.model.tokenizer)
     return train_synthetic_tokenizer(texts, out.parent, cfg.model.tokenizer_vocab_size, (cfg.model.target_lang,),
                                      name=out.stem)
@@ -364,12 +456,53 @@ class FeatureList(Dataset):
     """In-memory features (what `FeatureDataset` reads from disk), for the translation phase."""
     def __init__(self, items: list[dict], max_source_length: int = 512):
         self.items = [dict(it, features=it["features"][:max_source_length]) for it in items]
+        self.references = [it["reference"] for it in self.items]
+        self.teacher: torch.Tensor | None = None
     def __len__(self): return len(self.items)
-    def __getitem__(self, i: int) -> dict: return self.items[i]
     def length(self, i: int) -> int: return len(self.items[i]["features"])
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i] if self.teacher is None else dict(self.items[i], teacher=self.teacher[i])
+
+class TextPairs(Dataset):
+    """Sentences as text-encoder input (`encode_source`) and decoder target (`encode_target`): the text phase."""
+    def __init__(self, texts: Sequence[str], tokenizer: SonarTokenizer, lang: str = "eng_Latn", max_len: int = 128):
+        self.references = [t for t in texts if t.strip()]
+        src = [tokenizer.encode_source(t, lang) for t in self.references]
+        self.src = [x if len(x) <= max_len else x[: max_len - 1] + [EOS_ID] for x in src]
+        self.tgt = [_encode_target(tokenizer, t, lang, max_len) for t in self.references]
+    def __len__(self): return len(self.references)
+    def length(self, i: int) -> int: return len(self.src[i])
+    def __getitem__(self, i: int) -> dict:
+        return dict(src=self.src[i], tgt=self.tgt[i], id=str(i), reference=self.references[i])
+
+def collate_text(items: list[dict]) -> dict:
+    """Right-pad source ids `[B, S]` and target ids `[B, L]`."""
+    return dict(src=pad_batch([it["src"] for it in items], PAD_ID), tgt=pad_batch([it["tgt"] for it in items], PAD_ID),
+                id=[it["id"] for it in items], reference=[it["reference"] for it in items])
+
+class TextAutoencoder(nn.Module):
+    """SONAR text encoder → sentence embedding → SONAR text decoder: the text phase of the stand-in."""
+    def __init__(self, text_encoder: SonarTextEncoder, decoder: SonarTextDecoder, label_smoothing: float = 0.0):
+        super().__init__()
+        self.text_encoder, self.decoder, self.label_smoothing = text_encoder, decoder, label_smoothing
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return decoder_loss(self.decoder, self.text_encoder(batch["src"]), batch["tgt"], self.label_smoothing)
+
+    @torch.no_grad()
+    def translate(self, batch: dict, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
+                  beam_size: int = 1, max_len: int = 128) -> list[str]:
+        was_training = self.training
+        self.eval()
+        try:
+            hyps = self.decoder.generate(self.text_encoder(batch["src"]), tokenizer.prompt(lang),
+                                         beam_size=beam_size, max_len=max_len)
+        finally:
+            self.train(was_training)
+        return [tokenizer.decode(h) for h in hyps]
 
 def pretrain(cfg: Config, progress: bool = True) -> dict:
-    """Synthetic: video phase, then translation phase, on the source domain; saved in the published layouts."""
+    """Synthetic: text, video and translation phases; saved in the published layouts (+ the text encoder)."""
     if not cfg.is_synthetic:
         return verify_published(cfg)
     if cfg.preset != "tiny":
@@ -384,41 +517,69 @@ def pretrain(cfg: Config, progress: bool = True) -> dict:
     spans = {**sign_spans(cfg, "source", "train"), **sign_spans(cfg, "source", "val")}
     words = sorted({w for r in clips["train"].rows for w in words_of(r["translation"])})
     hw = replace(cfg.hardware, num_workers=0)
+    bleu_on = lambda ds, collate: bleu_validator(ds, collate, tok, lang, cfg.training.val_beam_size, cfg.model.max_len,
+                                                 max_samples=cfg.training.max_val_samples)
 
-    # 1. video phase: SignHiera + sign-recognition heads
+    # 1. text phase: SONAR text encoder + decoder as a sentence autoencoder on every domain's train text
+    translator = build_translator("tiny", len(tok), cfg.model.dropout)
+    text_encoder = build_text_encoder("tiny", len(tok), cfg.model.dropout)
+    autoencoder = TextAutoencoder(text_encoder, translator.decoder, cfg.training.label_smoothing)
+    pairs = {split: TextPairs(split_texts(cfg, split), tok, lang, cfg.data.max_target_length) for split in ("train", "val")}
+    text = train(autoencoder, pairs["train"], out / "run_text", stage=StageConfig(pc.text_learning_rate, pc.text_epochs,
+                     pc.text_batch_size, 1), training=replace(cfg.training, early_stopping_metric="bleu_4"), hardware=hw,
+                 logging_cfg=cfg.logging, collate_fn=collate_text, lengths=pairs["train"].length, seed=cfg.seed,
+                 progress=progress, validate=bleu_on(pairs["val"], collate_text), metric_mode="max",
+                 fingerprint=dict(inputs=inputs_fingerprint([Path(cfg.model.tokenizer)] +
+                     [Path(cfg.data.prepared_dir) / d / f"{s}.tsv" for d in cfg.domain_dirs() for s in ("train", "val")])))
+    if text.best_checkpoint:
+        load_weights(autoencoder, text.best_checkpoint)
+    freeze(text_encoder.eval())
+    freeze(translator.decoder)
+
+    # 2. video phase: SignHiera + sign-recognition heads
     recognizer = SignRecognizer(build_signhiera("tiny"), sizes, words, spans)
     video = train(recognizer, clips["train"], out / "run_video", stage=pc, training=replace(
                       cfg.training, early_stopping_metric="sign_accuracy"), hardware=hw, logging_cfg=cfg.logging,
                   collate_fn=collate_clips, lengths=clips["train"].length, seed=cfg.seed, progress=progress,
-                  validate=recognizer.validator(clips["val"]), metric_mode="max")
+                  validate=recognizer.validator(clips["val"]), metric_mode="max",
+                  fingerprint=dict(inputs=inputs_fingerprint([crops_manifest(cfg, "source", s) for s in ("train", "val")]
+                      + [Path(cfg.synth.output_dir) / "source" / f"synth_meta_{s}.tsv" for s in ("train", "val")])))
     if video.best_checkpoint:
         load_weights(recognizer, video.best_checkpoint)
     signhiera = recognizer.signhiera.cpu()
 
-    # 2. translation phase: encoder + decoder on the frozen features (stage 2's code path)
-    feats = {k: FeatureList(_frozen_features(signhiera, ds, sizes, "cpu"), cfg.data.max_source_length)
-             for k, ds in clips.items()}
-    model = FeatureModel(build_translator("tiny", len(tok), cfg.model.dropout), cfg.training.label_smoothing)
-    text = train(model, feats["train"], out / "run", stage=StageConfig(pc.translation_learning_rate,
-                     pc.translation_epochs, pc.translation_batch_size, 1),
-                 training=replace(cfg.training, early_stopping_metric=pc.translation_metric), hardware=hw,
-                 logging_cfg=cfg.logging, collate_fn=collate_features, lengths=feats["train"].length, seed=cfg.seed,
-                 progress=progress, validate=bleu_validator(feats["val"], collate_features, tok, lang,
-                     cfg.training.val_beam_size, cfg.model.max_len, max_samples=cfg.training.max_val_samples))
-    if text.best_checkpoint:
-        load_weights(model, text.best_checkpoint)
+    # 3. translation phase: the ASL encoder learns to land on the text embeddings (decoder frozen)
+    feats = {k: attach_teacher(FeatureList(_frozen_features(signhiera, ds, sizes, "cpu"), cfg.data.max_source_length),
+                               text_encoder, tok, lang) for k, ds in clips.items()}
+    model = FeatureModel(translator, cfg.training.label_smoothing, pc.embedding_loss_weight)
+    student = train(model, feats["train"], out / "run", stage=StageConfig(pc.translation_learning_rate,
+                        pc.translation_epochs, pc.translation_batch_size, 1),
+                    training=replace(cfg.training, early_stopping_metric=pc.translation_metric), hardware=hw,
+                    logging_cfg=cfg.logging, collate_fn=collate_features, lengths=feats["train"].length, seed=cfg.seed,
+                    progress=progress, validate=bleu_on(feats["val"], collate_features),
+                    fingerprint=dict(embedding_loss_weight=pc.embedding_loss_weight,  # + the two phases it builds on
+                                     inputs=inputs_fingerprint([p for p in (text.best_checkpoint, video.best_checkpoint) if p])))
+    if student.best_checkpoint:
+        load_weights(model, student.best_checkpoint)
     translator = model.translator.cpu()
+    text_encoder_path = cfg.model.text_encoder or str(out / "sonar_text_encoder.pt")
     save_published(signhiera, cfg.model.signhiera)
     save_published(translator.encoder, cfg.model.encoder)
     save_published(translator.decoder, cfg.model.decoder)
+    save_published(text_encoder, text_encoder_path)
     val = bleu_validator(feats["val"], collate_features, tok, lang, 1, cfg.model.max_len)(model.eval())
-    summary = dict(video=dict(best_sign_accuracy=video.best_metric, best_step=video.best_step, steps=video.steps,
+    summary = dict(text=dict(best_bleu_4=text.best_metric, best_step=text.best_step, steps=text.steps,
+                             train_sentences=len(pairs["train"]), val_sentences=len(pairs["val"])),
+                   video=dict(best_sign_accuracy=video.best_metric, best_step=video.best_step, steps=video.steps,
                               stopped_early=video.stopped_early),
-                   translation=dict(best_metric=pc.translation_metric, best=text.best_metric, best_step=text.best_step,
-                                    steps=text.steps, stopped_early=text.stopped_early),
+                   translation=dict(best_metric=pc.translation_metric, best=student.best_metric,
+                                    best_step=student.best_step, steps=student.steps,
+                                    stopped_early=student.stopped_early,
+                                    embedding_loss_weight=pc.embedding_loss_weight),
                    source_val_bleu_4=val["bleu_4"], train_clips=len(clips["train"]), val_clips=len(clips["val"]),
                    vocab_size=len(tok), synthetic=True,
-                   files=[cfg.model.signhiera, cfg.model.encoder, cfg.model.decoder, cfg.model.tokenizer])
+                   files=[cfg.model.signhiera, cfg.model.encoder, cfg.model.decoder, cfg.model.tokenizer,
+                          text_encoder_path])
     write_json(out / "pretrain.json", summary)
     return summary
 

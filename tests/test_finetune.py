@@ -1,8 +1,10 @@
-"""Stage-1/2 freezing: frozen parameters are bit-identical after training steps; trainable ones move."""
+"""Stage-1/2 freezing: frozen parameters are bit-identical after training steps; trainable ones move; stage 2's
+embedding loss."""
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sonar_thesis.config import PRESETS, Config, HardwareConfig, LoggingConfig
@@ -11,8 +13,9 @@ from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.trainer import train
-from sonar_thesis.translate import (ClipDataset, FeatureModel, Pretrained, build_translator, collate_clips,
-                                    collate_features)
+from sonar_thesis.translate import (ClipDataset, FeatureList, FeatureModel, Pretrained, _text_encoder_path,
+                                    attach_teacher, build_text_encoder, build_translator, collate_clips,
+                                    collate_features, embedding_distance)
 from sonar_thesis.video import write_video
 
 
@@ -75,3 +78,34 @@ def test_stage2_with_frozen_decoder_trains_only_the_encoder(tmp_path):
         if n.startswith("translator.decoder."):
             assert torch.equal(p, before[n]), n
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n.startswith("translator.encoder."))
+
+
+def test_stage2_embedding_loss_adds_the_teacher_distance(tmp_path):
+    cfg = Config()
+    cfg.stage2.embedding_loss_weight = 0.5
+    models = _models(tmp_path)
+    model = stage2_model(models, cfg).eval()
+    tok = models.tokenizer
+    sents = ["Mix the flour.", "Cut the paper."]
+    ds = FeatureList([dict(features=torch.randn(5 + i, 256), tgt=tok.encode_target(t), id=t, reference=t)
+                      for i, t in enumerate(sents)])
+    with pytest.raises(ValueError, match="teacher"):
+        model.training_loss(collate_features([ds[0], ds[1]]))
+    attach_teacher(ds, build_text_encoder("tiny", len(tok)), tok)
+    batch = collate_features([ds[0], ds[1]])
+    with torch.no_grad():
+        total = float(model.training_loss(batch))
+        distance = float(embedding_distance(model.translator.embed(batch["features"], batch["mask"]), batch["teacher"]))
+        model.embedding_loss_weight = 0.0
+        plain = float(model.training_loss(batch))
+    assert distance > 0 and total == pytest.approx(plain + 0.5 * distance, rel=1e-5)
+
+
+def test_missing_text_encoder_names_the_key(tmp_path):
+    cfg = Config()
+    cfg.model.text_encoder = ""
+    with pytest.raises(FileNotFoundError, match="model.text_encoder"):
+        _text_encoder_path(cfg)
+    cfg.model.text_encoder = str(tmp_path / "absent.pt")
+    with pytest.raises(FileNotFoundError, match="embedding_loss_weight"):
+        _text_encoder_path(cfg)

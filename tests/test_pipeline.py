@@ -70,7 +70,7 @@ def test_manifests_list_every_clip_with_frames_and_text(pipeline):
 def test_models_predictions_metrics_and_figures(pipeline):
     work, _ = pipeline
     cfg = load_config(work / "params.yaml")
-    for f in ("signhiera.pth", "sonar_encoder.pth", "sonar_text_decoder.pt", "tokenizer.model"):
+    for f in ("signhiera.pth", "sonar_encoder.pth", "sonar_text_decoder.pt", "sonar_text_encoder.pt", "tokenizer.model"):
         assert (work / "models/pretrained" / f).is_file(), f
     zs = read_tsv(work / "predictions" / "zeroshot" / "predictions.tsv")
     assert {r["domain"] for r in zs} == {"source", "target"}  # zero-shot on both domains: the domain gap
