@@ -20,15 +20,15 @@ from transformers import T5Config, T5Model
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['KV', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID', 'UNK_ID', 'BOS_ID', 'EOS_ID',
-           'state_dict_shapes', 'unique_params', 'SonarEncoderConfig', 'FeatureProjection', 'SignT5SonarEncoder',
-           'sonar_asl_encoder', 'sonar_encoder_tiny', 'SonarTextDecoderConfig', 'sinusoidal_table',
-           'SinusoidalPositionEncoder', 'DecoderFrontend', 'MultiheadAttention', 'FeedForward', 'DecoderLayer',
-           'TransformerDecoder', 'TiedProjection', 'DecoderCache', 'SonarTextDecoder', 'sonar_text_decoder_basic',
-           'sonar_text_decoder_tiny', 'decoder_state_from_fairseq2', 'decoder_state_to_fairseq2', 'TokenLayout',
-           'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer', 'pad_batch', 'decoder_loss', 'SignToText',
-           'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder', 'sonar_text_encoder_basic',
-           'sonar_text_encoder_tiny']
+__all__ = ['KV', 'TINY_TEXT_SIZES', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID', 'UNK_ID', 'BOS_ID',
+           'EOS_ID', 'state_dict_shapes', 'unique_params', 'SonarEncoderConfig', 'FeatureProjection',
+           'SignT5SonarEncoder', 'sonar_asl_encoder', 'sonar_encoder_tiny', 'SonarTextDecoderConfig',
+           'sinusoidal_table', 'SinusoidalPositionEncoder', 'DecoderFrontend', 'MultiheadAttention', 'FeedForward',
+           'DecoderLayer', 'TransformerDecoder', 'TiedProjection', 'DecoderCache', 'xavier_linears', 'SonarTextDecoder',
+           'sonar_text_decoder_basic', 'sonar_text_decoder_tiny', 'decoder_state_from_fairseq2',
+           'decoder_state_to_fairseq2', 'TokenLayout', 'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer',
+           'pad_batch', 'decoder_loss', 'SignToText', 'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder',
+           'sonar_text_encoder_basic', 'sonar_text_encoder_tiny']
 
 # %% ../nbs/05_sonar.ipynb #2e1a9215
 def state_dict_shapes(module: nn.Module) -> dict[str, list[int]]:
@@ -303,6 +303,15 @@ class DecoderCache:
         self.self_kv = [None if kv is None else sel(kv) for kv in self.self_kv]
 
 # %% ../nbs/05_sonar.ipynb #249b38b5
+def xavier_linears(module: nn.Module) -> None:
+    """fairseq-style linear init: Xavier weights (gain 2^-1/2 for q/k/v projections), zero biases."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            qkv = name.endswith(("q_proj", "k_proj", "v_proj"))
+            nn.init.xavier_uniform_(m.weight, gain=2 ** -0.5 if qkv else 1.0)
+            nn.init.zeros_(m.bias)
+
+
 class SonarTextDecoder(nn.Module):
     """SONAR text decoder: tokens `[B, T]` + sentence embeddings `[B, D]` -> logits `[B, T, V]` (fairseq2 names)."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -322,11 +331,7 @@ class SonarTextDecoder(nn.Module):
         nn.init.normal_(self.decoder_frontend.embed.weight, std=self.cfg.model_dim ** -0.5)
         with torch.no_grad():
             self.decoder_frontend.embed.weight[self.cfg.pad_idx].zero_()
-        for name, m in self.decoder.named_modules():
-            if isinstance(m, nn.Linear):
-                qkv = name.endswith(("q_proj", "k_proj", "v_proj"))
-                nn.init.xavier_uniform_(m.weight, gain=2 ** -0.5 if qkv else 1.0)
-                nn.init.zeros_(m.bias)
+        xavier_linears(self.decoder)
 
     def tie_weights(self) -> None:
         """Make `final_proj.weight` the embedding parameter again (a no-op when already tied)."""
@@ -491,10 +496,12 @@ def sonar_text_decoder_basic(**overrides) -> SonarTextDecoder:
     return SonarTextDecoder(SonarTextDecoderConfig(**overrides))
 
 
+TINY_TEXT_SIZES = dict(model_dim=256, num_layers=2, num_heads=4, ffn_inner_dim=512, max_seq_len=128)
+
+
 def sonar_text_decoder_tiny(vocab_size: int, **overrides) -> SonarTextDecoder:
     """The `tiny` preset: dim 256, 2 layers, 4 heads, FFN 512, max_seq_len 128."""
-    kw = dict(model_dim=256, num_layers=2, num_heads=4, ffn_inner_dim=512, max_seq_len=128, vocab_size=vocab_size)
-    return SonarTextDecoder(SonarTextDecoderConfig(**{**kw, **overrides}))
+    return SonarTextDecoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
 
 # %% ../nbs/05_sonar.ipynb #253c5f23
 FAIRSEQ2_DECODER_KEY_MAP: dict[str, str] = {   # our key prefix -> fairseq2 key prefix (identical names)
@@ -764,10 +771,7 @@ class SonarTextEncoder(nn.Module):
         if self.encoder_frontend.embed.weight.is_meta:
             return
         nn.init.normal_(self.encoder_frontend.embed.weight, std=self.cfg.model_dim ** -0.5)
-        for name, m in self.encoder.named_modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight, gain=2 ** -0.5 if name.endswith(("q_proj", "k_proj", "v_proj")) else 1.0)
-                nn.init.zeros_(m.bias)
+        xavier_linears(self.encoder)
 
     def reset_non_persistent_buffers(self) -> None:
         self.encoder_frontend.pos_encoder.reset_non_persistent_buffers()
@@ -789,5 +793,4 @@ def sonar_text_encoder_basic(**overrides) -> SonarTextEncoder:
 
 def sonar_text_encoder_tiny(vocab_size: int, **overrides) -> SonarTextEncoder:
     """The `tiny` preset (the tiny decoder's sizes: dim 256, 2 layers, 4 heads, FFN 512)."""
-    kw = dict(model_dim=256, num_layers=2, num_heads=4, ffn_inner_dim=512, max_seq_len=128, vocab_size=vocab_size)
-    return SonarTextEncoder(SonarTextDecoderConfig(**{**kw, **overrides}))
+    return SonarTextEncoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))

@@ -26,7 +26,7 @@ from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
-from .sonar import (EOS_ID, PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
+from .sonar import (PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
                                 decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_tiny,
                                 sonar_text_decoder_basic, sonar_text_decoder_tiny, sonar_text_encoder_basic,
                                 sonar_text_encoder_tiny, train_synthetic_tokenizer)
@@ -160,6 +160,10 @@ def _encode_target(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> l
     ids = tok.encode_target(text, lang)
     return ids if len(ids) <= max_len else ids[: max_len - 1] + [ids[-1]]
 
+def _encode_source(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> list[int]:
+    ids = tok.encode_source(text, lang)
+    return ids if len(ids) <= max_len else ids[: max_len - 1] + [ids[-1]]
+
 class ClipDataset(Dataset):
     """Windows of each clip in a crops manifest + target ids."""
     def __init__(self, manifest: str | Path, tokenizer: SonarTokenizer, sizes: Preset, lang: str = "eng_Latn",
@@ -251,8 +255,7 @@ def text_embeddings(text_encoder: SonarTextEncoder, tokenizer: SonarTokenizer, t
     text_encoder.eval()
     out = []
     for s in range(0, len(texts), batch_size):
-        ids = [tokenizer.encode_source(t, lang) for t in texts[s: s + batch_size]]
-        ids = [x if len(x) <= limit else x[: limit - 1] + [EOS_ID] for x in ids]
+        ids = [_encode_source(tokenizer, t, lang, limit) for t in texts[s: s + batch_size]]
         out.append(text_encoder(pad_batch(ids, PAD_ID, device=dev)).float().cpu())
     text_encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, text_encoder.cfg.model_dim)
@@ -467,8 +470,7 @@ class TextPairs(Dataset):
     """Sentences as text-encoder input (`encode_source`) and decoder target (`encode_target`): the text phase."""
     def __init__(self, texts: Sequence[str], tokenizer: SonarTokenizer, lang: str = "eng_Latn", max_len: int = 128):
         self.references = [t for t in texts if t.strip()]
-        src = [tokenizer.encode_source(t, lang) for t in self.references]
-        self.src = [x if len(x) <= max_len else x[: max_len - 1] + [EOS_ID] for x in src]
+        self.src = [_encode_source(tokenizer, t, lang, max_len) for t in self.references]
         self.tgt = [_encode_target(tokenizer, t, lang, max_len) for t in self.references]
     def __len__(self): return len(self.references)
     def length(self, i: int) -> int: return len(self.src[i])
