@@ -235,7 +235,9 @@ def finetune(
             for split in ("train", "val"):
                 extract_manifest(crops_manifest(cfg, "target", split), model, feats / "target" / split, cfg.sizes,
                                  device=cfg.hardware.device, num_workers=cfg.hardware.num_workers)
-        s = run_stage2(cfg, feats, cfg.stage2.output_dir)
+        start = (stage1_checkpoint.parent if stage1_checkpoint is not None else Path(cfg.stage1.output_dir))
+        s = run_stage2(cfg, feats, cfg.stage2.output_dir,  # stage 1's encoder/decoder when it saved them
+                       start_from=start if (start / "sonar_encoder.pth").is_file() else None)
     typer.echo(f"stage {stage}: best target-val BLEU-4 {s['best_bleu_4_target_val']:.2f} at step {s['best_step']}")
 
 # %% ../nbs/16_cli.ipynb #d7be458d

@@ -205,7 +205,8 @@ class TrainingConfig:
     min_lr: float = 1e-7
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.1
-    eval_every_n_steps: int = 500          # validation BLEU-4 (also at each epoch end)
+    eval_every_n_steps: int = 500          # validation BLEU-4 (also at the end of every eval_every_n_epochs-th epoch)
+    eval_every_n_epochs: int = 1           # 0 = by steps only; the last step is always validated
     save_every_n_steps: int = 1000         # last.pt for exact resume
     save_total_limit: int = 5              # best-k checkpoints kept
     early_stopping_patience: int = 5       # evaluations without improvement
@@ -252,6 +253,7 @@ class PretrainConfig(StageConfig):
     learning_rate: float = 1e-3
     epochs: int = 10
     batch_size: int = 8
+    video_window_overlap: float = 0.0     # video phase: windows share no frames (extraction keeps 0.5)
     translation_learning_rate: float = 1e-3
     translation_epochs: int = 60
     translation_batch_size: int = 16

@@ -70,20 +70,31 @@ def run_stage1(cfg: Config, progress: bool = True) -> dict:
                                     cfg.model.decoder, cfg.model.tokenizer])))
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
-    save_published(model.signhiera.cpu(), out / "signhiera.pth")
+    model = model.cpu()
+    save_published(model.signhiera, out / "signhiera.pth")
+    # stage 2 starts from these (identical to the pretrained files when stage 1 kept them frozen)
+    save_published(model.translator.encoder, out / "sonar_encoder.pth")
+    save_published(model.translator.decoder, out / "sonar_text_decoder.pt")
     summary = dict(best_bleu_4_target_val=result.best_metric, best_step=result.best_step, steps=result.steps,
                    stopped_early=result.stopped_early, trainable_params=sum(p.numel() for p in model.parameters()
                                                                              if p.requires_grad),
+                   trained=dict(encoder=cfg.stage1.train_encoder, decoder=cfg.stage1.train_decoder),
                    synthetic=cfg.is_synthetic, signhiera=str(out / "signhiera.pth"))
     write_json(out / "stage1.json", summary)
     return summary
 
 # %% ../nbs/10_finetune.ipynb #809f24b2
-def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train the SONAR encoder (+ decoder) on `features_root/target/{train,val}`; save in published layouts."""
+def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, start_from: str | Path | None = None,
+               progress: bool = True) -> dict:
+    """Train the SONAR encoder (+ decoder) on `features_root/target/{train,val}`; save in published layouts.
+
+    `start_from`: a folder with `sonar_encoder.pth` + `sonar_text_decoder.pt` to start from (stage 1's);
+    default the pretrained files of `cfg.model`."""
     torch.manual_seed(cfg.seed)
     teacher = cfg.stage2.embedding_loss_weight > 0
-    models = load_pretrained(cfg, text_encoder=teacher)
+    init = dict(encoder=None, decoder=None) if start_from is None else dict(
+        encoder=str(Path(start_from) / "sonar_encoder.pth"), decoder=str(Path(start_from) / "sonar_text_decoder.pt"))
+    models = load_pretrained(cfg, text_encoder=teacher, **init)
     tok, lang, out = models.tokenizer, cfg.model.target_lang, Path(out_dir)
     feats = Path(features_root) / "target"
     kw = dict(lang=lang, max_source_length=cfg.data.max_source_length, max_target_length=cfg.data.max_target_length)
@@ -100,14 +111,16 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, prog
     result = train(model, train_ds, out / "run", stage=cfg.stage2, training=cfg.training, hardware=cfg.hardware,
                    logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
                    validate=_validator(val_ds, collate_features, models, cfg), progress=progress,
-                   fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", cfg.model.encoder,
-                                    cfg.model.decoder, cfg.model.tokenizer] + ([cfg.model.text_encoder] if teacher else []))))
+                   fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", init["encoder"] or cfg.model.encoder,
+                                    init["decoder"] or cfg.model.decoder, cfg.model.tokenizer]
+                                    + ([cfg.model.text_encoder] if teacher else []))))
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
     save_published(model.translator.encoder.cpu(), out / "sonar_encoder.pth")
     save_published(model.translator.decoder.cpu(), out / "sonar_text_decoder.pt")
     summary = dict(best_bleu_4_target_val=result.best_metric, best_step=result.best_step, steps=result.steps,
-                   stopped_early=result.stopped_early, features=str(features_root), synthetic=cfg.is_synthetic)
+                   stopped_early=result.stopped_early, features=str(features_root),
+                   start_from=str(start_from) if start_from else "pretrained", synthetic=cfg.is_synthetic)
     write_json(out / "stage2.json", summary)
     return summary
 

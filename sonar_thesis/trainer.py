@@ -865,7 +865,8 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
                 evaluated = False
                 if has_validate and tracker.last_eval_step != global_step and (
                         (training.eval_every_n_steps > 0 and global_step % training.eval_every_n_steps == 0)
-                        or epoch_end or last):
+                        or (epoch_end and training.eval_every_n_epochs > 0
+                            and (epoch + 1) % training.eval_every_n_epochs == 0) or last):
                     last_metrics = evaluate(epoch)
                     evaluated = True
                     if tracker.should_stop:

@@ -101,10 +101,11 @@ def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | No
     return Pretrained(sh.to(device).eval(), tr.to(device).eval(), tok, te)
 
 # %% ../nbs/09_translate.ipynb #ffaac937
-def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
+                 overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """All windows of a clip: uint8 `[W, T, H, W, 3]` and padding `[W, T]`; crop each frame to `box` if given."""
     frames, pads = [], []
-    for f, pad in iter_windows(path, sizes):
+    for f, pad in iter_windows(path, sizes, overlap):
         if box is not None:
             f = np.stack([crop_frame(x, box, sizes.crop_size) for x in f])
         frames.append(f)
@@ -117,13 +118,16 @@ def normalize_windows(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
     return x.sub_(sizes.mean).div_(sizes.std)
 
 def clip_units(signhiera: SignHiera, sizes: Preset, frames: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor,
-               n_clips: int, policy: str = "concat") -> list[torch.Tensor]:
-    """uint8 windows `[W, T, H, W, 3]`, pad `[W, T]`, owner `[W]` → per clip `[N_b, C]` (padded units dropped)."""
+               n_clips: int, policy: str = "concat", overlap: float = 0.5) -> list[torch.Tensor]:
+    """uint8 windows `[W, T, H, W, 3]`, pad `[W, T]`, owner `[W]` → per clip `[N_b, C]` (padded units dropped).
+
+    `overlap`: of the windows (as cut by `clip_windows`); `trim` keeps each time step once."""
     out = signhiera.extract_features(normalize_windows(frames, sizes), pad)                 # [W, T', C], [W, T']
     U, per_clip = out.features.size(1), []
+    stride = max(1, round(U * (1 - overlap)))                                               # units between window starts
     for b in range(n_clips):
         ws = (owner == b).nonzero().flatten().tolist()
-        per_clip.append(merge_windows([out.features[w][out.valid[w]] for w in ws], policy, U, U // 2))
+        per_clip.append(merge_windows([out.features[w][out.valid[w]] for w in ws], policy, U, stride))
     return per_clip
 
 class SignStack(nn.Module):
@@ -167,7 +171,8 @@ def _encode_source(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> l
 class ClipDataset(Dataset):
     """Windows of each clip in a crops manifest + target ids."""
     def __init__(self, manifest: str | Path, tokenizer: SonarTokenizer, sizes: Preset, lang: str = "eng_Latn",
-                 max_target_length: int = 128, cache: bool = True, limit: int = 0, progress: bool = True):
+                 max_target_length: int = 128, cache: bool = True, limit: int = 0, progress: bool = True,
+                 overlap: float = 0.5):
         self.rows = read_tsv(manifest, required=MANIFEST_COLUMNS)
         if limit:
             self.rows = self.rows[:limit]
@@ -175,11 +180,11 @@ class ClipDataset(Dataset):
             raise ValueError(f"{manifest}: no clips — run the preprocess stage first")
         for r in self.rows:  # crops manifests store paths relative to their own folder
             r["video_path"] = str(resolve_video_path(manifest, r["video_path"]))
-        self.sizes, self.lang = sizes, lang
+        self.sizes, self.lang, self.overlap = sizes, lang, overlap
         self.tgt = [_encode_target(tokenizer, r["translation"], lang, max_target_length) for r in self.rows]
         self._cache = None
         if cache:
-            self._cache = [clip_windows(r["video_path"], sizes) for r in
+            self._cache = [clip_windows(r["video_path"], sizes, overlap=overlap) for r in
                            tqdm(self.rows, desc=f"decode {Path(manifest).parent.name}/{Path(manifest).stem}",
                                 unit="clip", disable=not progress)]
 
@@ -190,7 +195,8 @@ class ClipDataset(Dataset):
         return int(self.rows[i]["n_frames"])
 
     def __getitem__(self, i: int) -> dict:
-        frames, pad = self._cache[i] if self._cache is not None else clip_windows(self.rows[i]["video_path"], self.sizes)
+        frames, pad = (self._cache[i] if self._cache is not None else
+                       clip_windows(self.rows[i]["video_path"], self.sizes, overlap=self.overlap))
         return dict(frames=torch.from_numpy(frames), pad=torch.from_numpy(pad), tgt=self.tgt[i],
                     id=self.rows[i]["id"], reference=self.rows[i]["translation"])
 
@@ -344,9 +350,10 @@ class SignRecognizer(nn.Module):
     Class 0 of every head is "no sign here" (rest or a transition between signs). A unit's label is the
     sign at its centre frame; `spans` maps clip id → `[(first, last + 1, word)]` in clip frames."""
     def __init__(self, signhiera: SignHiera, sizes: Preset, words: Sequence[str],
-                 spans: dict[str, list[tuple[int, int, str]]]):
+                 spans: dict[str, list[tuple[int, int, str]]], window_overlap: float = 0.5):
         super().__init__()
         self.signhiera, self.sizes, self.spans = signhiera, sizes, spans
+        self.window_overlap = window_overlap  # of the clips' windows (`ClipDataset.overlap`)
         self.words = {w: i + 1 for i, w in enumerate(words)}
         self.frames_per_unit = sizes.num_frames * sizes.sampling_rate // signhiera.config.feature_frames
         C = signhiera.feature_dim
@@ -369,7 +376,7 @@ class SignRecognizer(nn.Module):
 
     def _logits_and_labels(self, batch: dict):
         units = clip_units(self.signhiera, self.sizes, batch["frames"], batch["pad"], batch["owner"],
-                           len(batch["id"]), policy="trim")                                  # per clip [N_b, C]
+                           len(batch["id"]), policy="trim", overlap=self.window_overlap)     # per clip [N_b, C]
         feats = torch.cat(units)                                                             # [ΣN, C]
         labels = [self.labels(i, len(u)) for i, u in zip(batch["id"], units)]
         return ({k: h(feats).float() for k, h in self.heads.items()},
@@ -515,7 +522,10 @@ def pretrain(cfg: Config, progress: bool = True) -> dict:
     tok = SonarTokenizer(train_tokenizer(cfg))
     lang = cfg.model.target_lang
     clips = {split: ClipDataset(crops_manifest(cfg, "source", split), tok, sizes, lang, cfg.data.max_target_length,
-                                progress=progress) for split in ("train", "val")}
+                                progress=progress) for split in ("train", "val")}        # windows as `07_extract` cuts them
+    video_clips = clips if pc.video_window_overlap == 0.5 else {  # the video phase: each frame in one window
+        split: ClipDataset(crops_manifest(cfg, "source", split), tok, sizes, lang, cfg.data.max_target_length,
+                           progress=progress, overlap=pc.video_window_overlap) for split in ("train", "val")}
     spans = {**sign_spans(cfg, "source", "train"), **sign_spans(cfg, "source", "val")}
     words = sorted({w for r in clips["train"].rows for w in words_of(r["translation"])})
     hw = replace(cfg.hardware, num_workers=0)
@@ -539,11 +549,11 @@ def pretrain(cfg: Config, progress: bool = True) -> dict:
     freeze(translator.decoder)
 
     # 2. video phase: SignHiera + sign-recognition heads
-    recognizer = SignRecognizer(build_signhiera("tiny"), sizes, words, spans)
-    video = train(recognizer, clips["train"], out / "run_video", stage=pc, training=replace(
+    recognizer = SignRecognizer(build_signhiera("tiny"), sizes, words, spans, pc.video_window_overlap)
+    video = train(recognizer, video_clips["train"], out / "run_video", stage=pc, training=replace(
                       cfg.training, early_stopping_metric="sign_accuracy"), hardware=hw, logging_cfg=cfg.logging,
-                  collate_fn=collate_clips, lengths=clips["train"].length, seed=cfg.seed, progress=progress,
-                  validate=recognizer.validator(clips["val"]), metric_mode="max",
+                  collate_fn=collate_clips, lengths=video_clips["train"].length, seed=cfg.seed, progress=progress,
+                  validate=recognizer.validator(video_clips["val"]), metric_mode="max",
                   fingerprint=dict(inputs=inputs_fingerprint([crops_manifest(cfg, "source", s) for s in ("train", "val")]
                       + [Path(cfg.synth.output_dir) / "source" / f"synth_meta_{s}.tsv" for s in ("train", "val")])))
     if video.best_checkpoint:

@@ -85,6 +85,11 @@ def test_models_predictions_metrics_and_figures(pipeline):
     lm = read_json(work / "data" / "landmarks" / "report.json")
     assert lm["synthetic"] and sum(lm["sources"].values()) > 0 and set(lm["sources"]) <= {"mediapipe", "groundtruth"}
     assert (work / "models" / "landmarks" / "landmarks.pt").is_file()
+    # stage 2 starts from stage 1's encoder + decoder (stage1.train_encoder), the ablation from the pretrained ones
+    for f in ("signhiera.pth", "sonar_encoder.pth", "sonar_text_decoder.pt"):
+        assert (work / cfg.stage1.output_dir / f).is_file(), f
+    assert read_json(work / cfg.stage2.output_dir / "stage2.json")["start_from"] == cfg.stage1.output_dir
+    assert read_json(work / "models" / "ablation" / "stage2.json")["start_from"] == "pretrained"
     assert read_json(work / "metrics" / "comparison.json")
     for name in ("metric_bars", "learning_curves"):
         for ext in ("png", "pdf"):

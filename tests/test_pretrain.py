@@ -8,7 +8,7 @@ from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.synth import META_COLUMNS
-from sonar_thesis.translate import ClipDataset, SignRecognizer, collate_clips, sign_spans
+from sonar_thesis.translate import ClipDataset, SignRecognizer, clip_units, collate_clips, sign_spans
 from sonar_thesis.video import write_video
 
 
@@ -52,3 +52,21 @@ def test_video_phase_learns_toy_signs(tmp_path):
     assert after["sign_accuracy"] > 0.9 and 0.0 <= after["parameter_accuracy"] <= 1.0
     with pytest.raises(KeyError, match="no sign timings"):
         rec.labels("unknown", 4)
+
+
+def test_video_phase_windows_without_overlap_give_the_same_units(tmp_path):
+    """`overlap=0` cuts fewer windows; trimming overlapping windows gives the same per-frame units."""
+    frames = [np.full((64, 64, 3), (3 * k, 100, 255 - 3 * k), np.uint8) for k in range(150)]
+    write_video(tmp_path / "c.mp4", frames)
+    write_tsv(tmp_path / "m.tsv", [dict(id="c", video_path=str(tmp_path / "c.mp4"), n_frames=150,
+                                        translation="Mix the.")], MANIFEST_COLUMNS)
+    tok = SonarTokenizer(train_synthetic_tokenizer(["Mix the."] * 10, tmp_path, vocab_size=20))
+    sizes, sh = PRESETS["tiny"], build_signhiera("tiny").eval()
+    units = {}
+    for overlap in (0.5, 0.0):
+        ds = ClipDataset(tmp_path / "m.tsv", tok, sizes, progress=False, overlap=overlap)
+        b = collate_clips([ds[0]])
+        units[overlap] = (len(b["frames"]), clip_units(sh, sizes, b["frames"], b["pad"], b["owner"], 1, "trim", overlap)[0])
+    assert units[0.5][0] == 4 and units[0.0][0] == 3           # 150 frames: windows of 64 frames, stride 32 vs 64
+    # one unit per 4 frames either way: 150 frames -> 38 units (the last window's padded units dropped)
+    assert len(units[0.5][1]) == len(units[0.0][1]) == 38

@@ -278,3 +278,13 @@ if __name__ == "__main__":
         run(Path(sys.argv[2]), **json.loads(sys.argv[3]))
     else:
         sys.exit(f"usage: {sys.argv[0]} run OUT_DIR JSON_KWARGS")
+
+
+@pytest.mark.parametrize("every_epochs, every_steps, expected", [
+    (1, 0, [12, 24, 36]),          # every epoch end (12 steps per epoch)
+    (2, 0, [24, 36]),              # every 2nd epoch end + the last step
+    (0, 10, [10, 20, 30, 36]),     # by steps only + the last step
+])
+def test_validation_cadence(tmp_path, every_epochs, every_steps, expected):
+    _, res = run(tmp_path / "run", training={"eval_every_n_epochs": every_epochs, "eval_every_n_steps": every_steps})
+    assert [h["step"] for h in res.history] == expected
