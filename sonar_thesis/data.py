@@ -130,6 +130,13 @@ def _open_encoder(path: Path, width: int, height: int, fps: float, crf: int):
     s.thread_count = 1  # bit-identical output run to run
     return c, s
 
+def _encoder_input(frame: av.VideoFrame, enc) -> av.VideoFrame:
+    """The decoded frame itself when the encoder takes it as is (yuv420p, same size); else an RGB copy."""
+    if frame.format.name == "yuv420p" and (frame.width, frame.height) == (enc.width, enc.height):
+        return frame
+    img = np.ascontiguousarray(frame.to_ndarray(format="rgb24")[: enc.height, : enc.width])
+    return av.VideoFrame.from_ndarray(img, format="rgb24")
+
 def cut_video(video: VideoInfo, sentences: list[Sentence], out_dir: Path, crf: int = 18) -> dict[str, int]:
     """Cut `sentences` out of one full video in a single decode pass; returns {sentence_name: n_frames}."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +159,7 @@ def cut_video(video: VideoInfo, sentences: list[Sentence], out_dir: Path, crf: i
             t = i / video.fps  # frame-index time: robust to odd container timestamps
             if t >= last:
                 break
-            img = None
+            img = None  # the encoder input of this frame, made once for all sentences that hold it
             for s in todo:
                 name = s.sentence_name
                 if s.start <= t < s.end:
@@ -161,8 +168,9 @@ def cut_video(video: VideoInfo, sentences: list[Sentence], out_dir: Path, crf: i
                         open_[name] = (*_open_encoder(tmp, frame.width, frame.height, video.fps, crf), tmp)
                     c, enc, _ = open_[name]
                     if img is None:
-                        img = np.ascontiguousarray(frame.to_ndarray(format="rgb24")[: enc.height, : enc.width])
-                    for pk in enc.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        img = _encoder_input(frame, enc)
+                    img.pts, img.time_base = done[name], 1 / enc.codec_context.framerate  # clip-relative frame index
+                    for pk in enc.encode(img):
                         c.mux(pk)
                     done[name] += 1
                 elif t >= s.end and name in open_:

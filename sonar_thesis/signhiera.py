@@ -440,7 +440,8 @@ class SignHiera(nn.Module):
 
 # %% ../nbs/04_signhiera.ipynb #0734844a
 HIERA_BASE_128x224 = SignHieraConfig()
-SIGNHIERA_TINY = SignHieraConfig(input_size=(32, 64, 64), embed_dim=32, num_heads=1, stages=(1, 1, 2, 1))
+SIGNHIERA_TINY = SignHieraConfig(input_size=(32, 64, 64), embed_dim=32, num_heads=1, stages=(1, 1, 2, 1),
+                                 patch_kernel=(3, 11, 11), patch_stride=(2, 8, 8), patch_padding=(1, 5, 5))
 
 
 def hiera_base_128x224(**overrides) -> SignHiera:

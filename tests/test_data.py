@@ -79,3 +79,37 @@ def test_video_truncated_midway_is_reported_not_fatal(tmp_path):
     assert rep["rows"] == 3 and rep["written"] + rep["skipped"] == 3
     for r in read_tsv(tmp_path / "out" / "test.tsv"):
         assert len(decord.VideoReader(r["video_path"])) == int(r["n_frames"])
+
+
+@pytest.mark.parametrize("pix_fmt, size, fps", [("yuv420p", (64, 48), 25), ("yuv420p", (64, 48), 30000 / 1001),
+                                                 ("yuv444p", (63, 47), 25)])
+def test_cut_video_frames_timing_and_pixels(tmp_path, pix_fmt, size, fps):
+    """yuv420p frames go to the encoder as decoded, anything else through RGB; both keep frames, rate and grey levels."""
+    import av
+    import numpy as np
+    from fractions import Fraction
+    from sonar_thesis.data import Sentence, cut_video, probe_video
+    src = tmp_path / "full.mp4"
+    with av.open(str(src), "w", format="mp4") as c:    # the source, in the pixel format under test
+        s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt, s.options = size[0], size[1], pix_fmt, {"crf": "0"}
+        for i in range(60):
+            img = np.full((size[1], size[0], 3), (3 * i) % 256, np.uint8)
+            for pk in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    info = probe_video(src)
+    sents = [Sentence(2, "v", "full", "v_0", "a", 10 / info.fps, 30 / info.fps, "x"),
+             Sentence(3, "v", "full", "v_1", "b", 20 / info.fps, 50 / info.fps, "y")]   # overlapping
+    done = cut_video(info, sents, tmp_path / "clips")
+    assert done == {"a": 20, "b": 30}
+    for name, first, n in (("a", 10, 20), ("b", 20, 30)):
+        with av.open(str(tmp_path / "clips" / f"{name}.mp4")) as c:
+            st = c.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+            assert abs(float(st.average_rate) - fps) < 1e-3
+            assert abs(float(st.duration * st.time_base) - n / fps) < 1e-3
+        assert (len(frames), frames[0].shape[:2]) == (n, (size[1] - size[1] % 2, size[0] - size[0] % 2))
+        grey = [float(f.mean()) for f in frames]
+        assert max(abs(g - (3 * (first + k)) % 256) for k, g in enumerate(grey)) < 3, grey[:5]

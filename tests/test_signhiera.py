@@ -83,8 +83,9 @@ def test_base_config_and_blocks_match_spec(spec, base_meta):
 # ---- presets and config --------------------------------------------------------------------------------
 def test_presets(tiny):
     assert (tiny.feature_dim, tiny.num_frames, tiny.feature_frames) == (256, 32, 16)
-    assert SIGNHIERA_TINY.tokens_spatial_shape == (16, 16, 16) and SIGNHIERA_TINY.mask_spatial_shape == (16, 2, 2)
-    assert tiny.num_params() == 1_186_336
+    assert SIGNHIERA_TINY.tokens_spatial_shape == (16, 8, 8) and SIGNHIERA_TINY.mask_spatial_shape == (16, 1, 1)
+    assert tiny.num_params() == 1_200_928
+    assert build_signhiera("tiny", patch_stride=(2, 4, 4)).config.tokens_spatial_shape == (16, 16, 16)
     with torch.device("meta"):
         assert build_signhiera("sonar").num_params() == 50_790_336
         assert build_signhiera("tiny", drop_path_rate=0.1).config.drop_path_rate == 0.1
@@ -103,9 +104,11 @@ def test_unroll_reroll_roundtrip():
     assert torch.equal(reroll(unroll(x, (16, 16, 16), strides), (16, 2, 2), strides).reshape(2, -1, 3), x)
 
 
-def test_mask_unit_attention_is_local(tiny):
-    """Windowed blocks (0-2 in the tiny preset) never mix mask units; the first global block does."""
-    size, strides = (16, 16, 16), tiny.unroll_strides
+def test_mask_unit_attention_is_local():
+    """Windowed blocks (0-2 of the tiny topology) never mix mask units; the first global block does.
+    Checked at Base's patch stride 4 (token grid 16x16x16: 2x2 mask units per frame)."""
+    fine = build_signhiera("tiny", patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4), patch_padding=(1, 3, 3)).eval()
+    size, strides = (16, 16, 16), fine.unroll_strides
     torch.manual_seed(2)
     x0 = torch.randn(1, 16, 16, 16, 32)
     x1 = x0.clone()
@@ -114,13 +117,34 @@ def test_mask_unit_attention_is_local(tiny):
         ys = []
         for xr in (x0, x1):
             y = unroll(xr.reshape(1, -1, 32), size, strides)
-            for blk in tiny.blocks[:3]:
+            for blk in fine.blocks[:3]:
                 y = blk(y)
             ys.append(y)
         m0, m1 = (reroll(y, (16, 2, 2), strides[2:]) for y in ys)  # [1, 16, 4, 4, 128]
         changed = (m0 - m1).abs().amax(-1)[0] > 0
         assert changed.sum() == 4 and changed[5, 2:4, 0:2].all()  # the 2x2 pooled cells of that unit, nothing else
-        g0, g1 = tiny.blocks[3](ys[0]), tiny.blocks[3](ys[1])       # global: everything moves
+        g0, g1 = fine.blocks[3](ys[0]), fine.blocks[3](ys[1])       # global: everything moves
+        assert ((g0 - g1).abs().amax(-1) > 0).all()
+
+
+def test_tiny_windows_are_frames(tiny):
+    """The tiny preset (token grid 16x8x8): one mask unit per temporal token, so windowed blocks mix only within a frame."""
+    size, strides = (16, 8, 8), tiny.unroll_strides
+    torch.manual_seed(3)
+    x0 = torch.randn(1, *size, 32)
+    x1 = x0.clone()
+    x1[0, 5, 3, 4] += 1.0  # one token of frame 5
+    with torch.no_grad():
+        ys = []
+        for xr in (x0, x1):
+            y = unroll(xr.reshape(1, -1, 32), size, strides)
+            for blk in tiny.blocks[:3]:
+                y = blk(y)
+            ys.append(y)
+        m0, m1 = (reroll(y, (16, 1, 1), strides[2:]) for y in ys)  # [1, 16, 2, 2, 128]
+        changed = (m0 - m1).abs().amax(-1)[0] > 0                    # [16, 2, 2]
+        assert changed[5].all() and changed.sum() == 4               # all of frame 5, no other frame
+        g0, g1 = tiny.blocks[3](ys[0]), tiny.blocks[3](ys[1])
         assert ((g0 - g1).abs().amax(-1) > 0).all()
 
 
