@@ -107,6 +107,19 @@ def test_astronaut_crop_with_mediapipe(tmp_path):
     assert 0.4 < cx < 0.6 and 0.15 < cy < 0.45
 
 
+def test_one_pass_and_two_passes_write_the_same_clip(tmp_path):
+    """Short clips are decoded once and held; with no buffer the two-pass path must give the same clip."""
+    frame, _ = astronaut_frame()
+    frames = [np.roll(frame, 2 * i, axis=1) for i in range(40)]            # moving, so frames differ
+    src = write_video(tmp_path / "astro.mp4", frames, fps=30)              # 30 fps: repeated-frame resampling
+    one = preprocess_clip(src, tmp_path / "one.mp4", MP, TINY)
+    two = preprocess_clip(src, tmp_path / "two.mp4", MP, TINY, buffer_mb=0)
+    assert one["method"] == "mediapipe" and {k: v for k, v in one.items() if k != "seconds"} == \
+        {k: v for k, v in two.items() if k != "seconds"}
+    a, b = list(iter_frames(tmp_path / "one.mp4")), list(iter_frames(tmp_path / "two.mp4"))
+    assert len(a) == one["n_frames"] == 34 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_dlib_cnn_detector_on_one_frame(tmp_path):
     pytest.importorskip("dlib", reason="dlib not installed (pip install dlib-bin)")
     try:
