@@ -539,7 +539,7 @@ def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, siz
     size = sizes.crop_size
     keyint = max(1, sizes.num_frames * sizes.sampling_rate // 2)   # the window stride: windows start on key frames
     with atomic_path(dst) as tmp, H264Writer(tmp, size, size, sizes.target_fps, crf, CROP_X264_PRESET, keyint=keyint) as w:
-        for _, frame in (enumerate(frames) if frames is not None else _select_frames(src, idx, n_src, (H, W))):
+        for _, frame in select(range(len(idx))):
             w.write(crop_frame(frame, sb.box, size))                 # [H, W, 3] -> [size, size, 3]
         if w.n != len(idx):
             raise VideoError(f"{src}: wrote {w.n} frames, expected {len(idx)}")

@@ -104,6 +104,14 @@ def test_unroll_reroll_roundtrip():
     assert torch.equal(reroll(unroll(x, (16, 16, 16), strides), (16, 2, 2), strides).reshape(2, -1, 3), x)
 
 
+def _windowed_blocks(model, x, size, strides):
+    """Token map [1, *size, 32] through the unroll and the model's three windowed blocks."""
+    y = unroll(x.reshape(1, -1, 32), size, strides)
+    for blk in model.blocks[:3]:
+        y = blk(y)
+    return y
+
+
 def test_mask_unit_attention_is_local():
     """Windowed blocks (0-2 of the tiny topology) never mix mask units; the first global block does.
     Checked at Base's patch stride 4 (token grid 16x16x16: 2x2 mask units per frame)."""
@@ -114,12 +122,7 @@ def test_mask_unit_attention_is_local():
     x1 = x0.clone()
     x1[0, 5, 8:16, 0:8] += 1.0  # one mask unit: t=5, second row, first column of 8x8 cells
     with torch.no_grad():
-        ys = []
-        for xr in (x0, x1):
-            y = unroll(xr.reshape(1, -1, 32), size, strides)
-            for blk in fine.blocks[:3]:
-                y = blk(y)
-            ys.append(y)
+        ys = [_windowed_blocks(fine, xr, size, strides) for xr in (x0, x1)]
         m0, m1 = (reroll(y, (16, 2, 2), strides[2:]) for y in ys)  # [1, 16, 4, 4, 128]
         changed = (m0 - m1).abs().amax(-1)[0] > 0
         assert changed.sum() == 4 and changed[5, 2:4, 0:2].all()  # the 2x2 pooled cells of that unit, nothing else
@@ -135,12 +138,7 @@ def test_tiny_windows_are_frames(tiny):
     x1 = x0.clone()
     x1[0, 5, 3, 4] += 1.0  # one token of frame 5
     with torch.no_grad():
-        ys = []
-        for xr in (x0, x1):
-            y = unroll(xr.reshape(1, -1, 32), size, strides)
-            for blk in tiny.blocks[:3]:
-                y = blk(y)
-            ys.append(y)
+        ys = [_windowed_blocks(tiny, xr, size, strides) for xr in (x0, x1)]
         m0, m1 = (reroll(y, (16, 1, 1), strides[2:]) for y in ys)  # [1, 16, 2, 2, 128]
         changed = (m0 - m1).abs().amax(-1)[0] > 0                    # [16, 2, 2]
         assert changed[5].all() and changed.sum() == 4               # all of frame 5, no other frame
