@@ -119,6 +119,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(crop_size=64, num_frames=32, sampling_rate=2, target_fps=25, feature_dim=256, embed_dim=256),
+    # the published input sizes and architectures at reduced widths: CI's How2Sign-layout pipeline
+    "small": Preset(crop_size=224, num_frames=128, sampling_rate=2, target_fps=25, feature_dim=64, embed_dim=64),
     "sonar": Preset(crop_size=224, num_frames=128, sampling_rate=2, target_fps=25, feature_dim=768, embed_dim=1024),
 }
 
@@ -400,7 +402,7 @@ class FiguresConfig:
 class Config:
     """All of params.yaml."""
     dataset: Literal["synthetic", "how2sign"] = "synthetic"
-    preset: Literal["tiny", "sonar"] = "tiny"
+    preset: Literal["tiny", "small", "sonar"] = "tiny"
     seed: int = 0
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)

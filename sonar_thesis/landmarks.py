@@ -389,6 +389,8 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
 LANDMARK_PRESETS = {   # T5 sizes, frame_stack (consecutive frames per encoder position) and dropout
     "tiny": dict(d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
                  frame_stack=4, dropout=0.0),
+    "small": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                  frame_stack=4, dropout=0.0),   # CI's real-path preset
     "sonar": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
                   frame_stack=1, dropout=0.1),   # T5-base: every frame a position, T5's dropout
 }

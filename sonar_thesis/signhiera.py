@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['HIERA_BASE_128x224', 'SIGNHIERA_TINY', 'SIGNHIERA_PRESETS', 'SignHieraConfig', 'unroll', 'reroll', 'pool_tokens',
-           'MaskUnitAttention', 'DropPath', 'Mlp', 'SignHieraBlock', 'SignHieraFeatures', 'drop_padded', 'PatchEmbed',
-           'SignHiera', 'hiera_base_128x224', 'signhiera_tiny', 'build_signhiera']
+__all__ = ['HIERA_BASE_128x224', 'SIGNHIERA_TINY', 'SIGNHIERA_SMALL', 'SIGNHIERA_PRESETS', 'SignHieraConfig', 'unroll', 'reroll',
+           'pool_tokens', 'MaskUnitAttention', 'DropPath', 'Mlp', 'SignHieraBlock', 'SignHieraFeatures', 'drop_padded',
+           'PatchEmbed', 'SignHiera', 'hiera_base_128x224', 'signhiera_tiny', 'signhiera_small', 'build_signhiera']
 
 # %% ../nbs/04_signhiera.ipynb #fecdbc6d
 def _triple(v: Sequence[int]) -> tuple[int, int, int]:
@@ -454,11 +454,19 @@ def signhiera_tiny(**overrides) -> SignHiera:
     return SignHiera(SIGNHIERA_TINY, **overrides)
 
 
-SIGNHIERA_PRESETS = {"tiny": signhiera_tiny, "sonar": hiera_base_128x224}
+SIGNHIERA_SMALL = replace(HIERA_BASE_128x224, embed_dim=8, stages=(1, 1, 2, 1))
+
+
+def signhiera_small(**overrides) -> SignHiera:
+    """SignHiera-Base's input, patching and attention pattern at width 8 (features 64): CI's real-path preset."""
+    return SignHiera(SIGNHIERA_SMALL, **overrides)
+
+
+SIGNHIERA_PRESETS = {"tiny": signhiera_tiny, "small": signhiera_small, "sonar": hiera_base_128x224}
 
 
 def build_signhiera(preset: str, **overrides) -> SignHiera:
-    """Build the SignHiera of a `model.preset` ('tiny' | 'sonar')."""
+    """Build the SignHiera of a `preset` ('tiny' | 'small' | 'sonar')."""
     if preset not in SIGNHIERA_PRESETS:
         raise ValueError(f"unknown SignHiera preset {preset!r}; choose one of {sorted(SIGNHIERA_PRESETS)}")
     return SIGNHIERA_PRESETS[preset](**overrides)

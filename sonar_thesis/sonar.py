@@ -20,15 +20,16 @@ from transformers import T5Config, T5Model
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['KV', 'TINY_TEXT_SIZES', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID', 'UNK_ID', 'BOS_ID',
-           'EOS_ID', 'state_dict_shapes', 'unique_params', 'SonarEncoderConfig', 'FeatureProjection',
-           'SignT5SonarEncoder', 'sonar_asl_encoder', 'sonar_encoder_tiny', 'SonarTextDecoderConfig',
-           'sinusoidal_table', 'SinusoidalPositionEncoder', 'DecoderFrontend', 'MultiheadAttention', 'FeedForward',
-           'DecoderLayer', 'TransformerDecoder', 'TiedProjection', 'DecoderCache', 'xavier_linears', 'SonarTextDecoder',
-           'sonar_text_decoder_basic', 'sonar_text_decoder_tiny', 'decoder_state_from_fairseq2',
-           'decoder_state_to_fairseq2', 'TokenLayout', 'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer',
-           'pad_batch', 'decoder_loss', 'SignToText', 'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder',
-           'sonar_text_encoder_basic', 'sonar_text_encoder_tiny']
+__all__ = ['KV', 'TINY_TEXT_SIZES', 'SMALL_TEXT_SIZES', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID',
+           'UNK_ID', 'BOS_ID', 'EOS_ID', 'state_dict_shapes', 'unique_params', 'SonarEncoderConfig',
+           'FeatureProjection', 'SignT5SonarEncoder', 'sonar_asl_encoder', 'sonar_encoder_tiny', 'sonar_encoder_small',
+           'SonarTextDecoderConfig', 'sinusoidal_table', 'SinusoidalPositionEncoder', 'DecoderFrontend',
+           'MultiheadAttention', 'FeedForward', 'DecoderLayer', 'TransformerDecoder', 'TiedProjection', 'DecoderCache',
+           'xavier_linears', 'SonarTextDecoder', 'sonar_text_decoder_basic', 'sonar_text_decoder_tiny',
+           'sonar_text_decoder_small', 'decoder_state_from_fairseq2', 'decoder_state_to_fairseq2', 'TokenLayout',
+           'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer', 'pad_batch', 'decoder_loss', 'SignToText',
+           'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder', 'sonar_text_encoder_basic',
+           'sonar_text_encoder_tiny', 'sonar_text_encoder_small']
 
 # %% ../nbs/05_sonar.ipynb #2e1a9215
 def state_dict_shapes(module: nn.Module) -> dict[str, list[int]]:
@@ -126,6 +127,13 @@ def sonar_encoder_tiny(feature_dim: int = 256, **overrides) -> SignT5SonarEncode
     """The `tiny` preset: d_model 256, 2 encoder + 1 pooling-decoder layers, 4 heads, d_ff 512."""
     kw = dict(feature_dim=feature_dim, d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=1,
               num_heads=4, vocab_size=8, output_dim=256)
+    return SignT5SonarEncoder(SonarEncoderConfig(**{**kw, **overrides}))
+
+
+def sonar_encoder_small(feature_dim: int = 64, **overrides) -> SignT5SonarEncoder:
+    """The `small` preset (CI's real path): the published structure at d_model 64, 2 + 2 layers, 4 heads, output 64."""
+    kw = dict(feature_dim=feature_dim, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+              num_heads=4, vocab_size=128, output_dim=64)
     return SignT5SonarEncoder(SonarEncoderConfig(**{**kw, **overrides}))
 
 # %% ../nbs/05_sonar.ipynb #6ba4bab5
@@ -503,6 +511,14 @@ def sonar_text_decoder_tiny(vocab_size: int, **overrides) -> SonarTextDecoder:
     """The `tiny` preset: dim 256, 2 layers, 4 heads, FFN 512, max_seq_len 128."""
     return SonarTextDecoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
 
+
+SMALL_TEXT_SIZES = dict(model_dim=64, num_layers=2, num_heads=4, ffn_inner_dim=128, max_seq_len=128)
+
+
+def sonar_text_decoder_small(vocab_size: int, **overrides) -> SonarTextDecoder:
+    """The `small` preset (CI's real path): dim 64, 2 layers, 4 heads, FFN 128; vocabulary from the tokenizer."""
+    return SonarTextDecoder(SonarTextDecoderConfig(**{**SMALL_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
+
 # %% ../nbs/05_sonar.ipynb #253c5f23
 FAIRSEQ2_DECODER_KEY_MAP: dict[str, str] = {   # our key prefix -> fairseq2 key prefix (identical names)
     "decoder_frontend.embed.": "decoder_frontend.embed.",
@@ -794,3 +810,8 @@ def sonar_text_encoder_basic(**overrides) -> SonarTextEncoder:
 def sonar_text_encoder_tiny(vocab_size: int, **overrides) -> SonarTextEncoder:
     """The `tiny` preset (the tiny decoder's sizes: dim 256, 2 layers, 4 heads, FFN 512)."""
     return SonarTextEncoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
+
+
+def sonar_text_encoder_small(vocab_size: int, **overrides) -> SonarTextEncoder:
+    """The `small` preset (the small decoder's sizes)."""
+    return SonarTextEncoder(SonarTextDecoderConfig(**{**SMALL_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))

@@ -27,9 +27,10 @@ from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
 from .sonar import (PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
-                                decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_tiny,
-                                sonar_text_decoder_basic, sonar_text_decoder_tiny, sonar_text_encoder_basic,
-                                sonar_text_encoder_tiny, train_synthetic_tokenizer)
+                                decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_small, sonar_encoder_tiny,
+                                sonar_text_decoder_basic, sonar_text_decoder_small, sonar_text_decoder_tiny,
+                                sonar_text_encoder_basic, sonar_text_encoder_small, sonar_text_encoder_tiny,
+                                train_synthetic_tokenizer)
 from .trainer import inputs_fingerprint, load_weights, resolve_device, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
@@ -43,21 +44,22 @@ __all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'build_text_
 
 # %% ../nbs/09_translate.ipynb #7753930b
 def build_translator(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SignToText:
-    """SONAR ASL encoder + SONAR text decoder at `preset` sizes (tiny needs the tokenizer's `vocab_size`)."""
+    """SONAR ASL encoder + SONAR text decoder at `preset` sizes (tiny/small need the tokenizer's `vocab_size`)."""
     if preset == "sonar":
         return SignToText(sonar_asl_encoder(dropout_rate=dropout), sonar_text_decoder_basic(dropout_p=dropout))
     if vocab_size is None:
-        raise ValueError("the tiny decoder's vocabulary comes from the synthetic tokenizer: pass vocab_size")
-    return SignToText(sonar_encoder_tiny(PRESETS["tiny"].feature_dim, dropout_rate=dropout),
-                      sonar_text_decoder_tiny(vocab_size, dropout_p=dropout))
+        raise ValueError(f"the {preset} decoder's vocabulary comes from the tokenizer: pass vocab_size")
+    encoder, decoder = {"tiny": (sonar_encoder_tiny, sonar_text_decoder_tiny),
+                        "small": (sonar_encoder_small, sonar_text_decoder_small)}[preset]
+    return SignToText(encoder(PRESETS[preset].feature_dim, dropout_rate=dropout), decoder(vocab_size, dropout_p=dropout))
 
 def build_text_encoder(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SonarTextEncoder:
-    """SONAR text encoder at `preset` sizes (the teacher; tiny needs the tokenizer's `vocab_size`)."""
+    """SONAR text encoder at `preset` sizes (the teacher; tiny/small need the tokenizer's `vocab_size`)."""
     if preset == "sonar":
         return sonar_text_encoder_basic(dropout_p=dropout)
     if vocab_size is None:
-        raise ValueError("the tiny text encoder's vocabulary comes from the synthetic tokenizer: pass vocab_size")
-    return sonar_text_encoder_tiny(vocab_size, dropout_p=dropout)
+        raise ValueError(f"the {preset} text encoder's vocabulary comes from the tokenizer: pass vocab_size")
+    return {"tiny": sonar_text_encoder_tiny, "small": sonar_text_encoder_small}[preset](vocab_size, dropout_p=dropout)
 
 @dataclass
 class Pretrained:
