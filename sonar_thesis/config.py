@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['PRESETS', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset', 'SynthDomainConfig', 'SynthConfig',
-           'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig', 'HardwareConfig', 'LoggingConfig',
-           'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config', 'LandmarksConfig', 'EvaluateConfig',
-           'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'read_yaml', 'load_config', 'save_config',
-           'apply_overlay']
+__all__ = ['RENAMED', 'PRESETS', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset', 'SynthDomainConfig',
+           'SynthConfig', 'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig', 'HardwareConfig',
+           'LoggingConfig', 'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config', 'LandmarksConfig',
+           'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'yaml12', 'read_yaml',
+           'load_config', 'save_config', 'apply_overlay']
 
 # %% ../nbs/00_config.ipynb #8638b211
 class ConfigError(ValueError):
@@ -30,8 +31,6 @@ class ConfigError(ValueError):
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 def _check(value, tp, key: str):
     """Return `value` converted to `tp`, or raise ConfigError naming `key`."""
@@ -77,8 +76,6 @@ def _check(value, tp, key: str):
             raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
-            return float(value)  # YAML 1.1 (PyYAML) reads `1e-5` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -88,12 +85,17 @@ def _check(value, tp, key: str):
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
+RENAMED = {"data.how2sign_dir": "data.root"}   # old key -> new key (a clear error instead of "unknown key")
+
 def from_dict(cls, data: dict | None, where: str = ""):
     """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError naming the key."""
     data = {} if data is None else data
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
+    for k in unknown:
+        if (old := ".".join(filter(None, [where, str(k)]))) in RENAMED:
+            raise ConfigError(f"{old} was renamed {RENAMED[old]}: rename the key in your params.yaml")
     if unknown:
         raise ConfigError(f"unknown key {'.'.join(filter(None, [where, str(unknown[0])]))!r}"
                           f" (known keys{' in ' + where if where else ''}: {', '.join(names)})")
@@ -156,8 +158,9 @@ class SynthConfig:
 @dataclass
 class DataConfig:
     """How2Sign-format annotations → sentence clips and TSV manifests."""
-    how2sign_dir: str = "data/how2sign"    # real data: how2sign_realigned_{split}.csv + the full videos
-    dailymoth_dir: str = ""                # optional source-domain data in the same CSV format
+    root: str = "data/synthetic"           # what `prepare` reads (and DVC tracks): synthetic: synth.output_dir
+                                           # (source/ + target/); how2sign: how2sign_realigned_{split}.csv + videos
+    dailymoth_dir: str = ""                # how2sign only: optional source-domain data in the same CSV format
     prepared_dir: str = "data/prepared"    # clips/, manifests/ and report.json per domain
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     timestamp_tolerance: float = 0.5       # seconds an END may overrun the video before the row is bad
@@ -427,9 +430,9 @@ class Config:
     def domain_dirs(self) -> dict[str, Path]:
         """Annotation+video folder per domain: `target` (How2Sign or its stand-in), optional `source`."""
         if self.dataset == "synthetic":
-            root = Path(self.synth.output_dir)
+            root = Path(self.data.root)
             return {"source": root / "source", "target": root / "target"}
-        dirs = {"target": Path(self.data.how2sign_dir)}
+        dirs = {"target": Path(self.data.root)}
         if self.data.dailymoth_dir:
             dirs["source"] = Path(self.data.dailymoth_dir)
         return dirs
@@ -437,6 +440,14 @@ class Config:
     @property
     def is_synthetic(self) -> bool:
         return self.dataset == "synthetic"
+
+    def __post_init__(self):
+        if self.dataset == "synthetic" and Path(self.data.root) != Path(self.synth.output_dir):
+            raise ConfigError(f"data.root: the synthetic dataset is read from synth.output_dir "
+                              f"({self.synth.output_dir!r}), got {self.data.root!r}; set both to the same folder")
+        if self.dataset == "how2sign" and Path(self.data.root) == Path(self.synth.output_dir):
+            raise ConfigError(f"data.root: {self.data.root!r} is the synthetic corpus (synth.output_dir); point it "
+                              f"at the How2Sign folder (how2sign_realigned_*.csv + videos), e.g. data/how2sign")
 
 # %% ../nbs/00_config.ipynb #f1aec30d
 def deep_merge(base: dict, over: dict) -> dict:
@@ -446,14 +457,21 @@ def deep_merge(base: dict, over: dict) -> dict:
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+def yaml12(typ: str = "safe") -> YAML:
+    """The one YAML dialect of the project: YAML 1.2, as DVC reads params.yaml and writes `dvc exp run -S`.
+
+    PyYAML speaks YAML 1.1, where `no`/`off` are false and `1e-5` is a string; here they stay the strings
+    and numbers they look like, in params.yaml, overlays and DVC alike."""
+    return YAML(typ=typ, pure=True)   # ruamel's default dialect is 1.2 (no `%YAML` directive written)
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+        data = yaml12().load(path.read_text(encoding="utf-8")) or {}
+    except YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -471,8 +489,10 @@ def load_config(path: str | Path = "params.yaml", *overlays: str | Path) -> Conf
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write a Config as YAML (atomically)."""
+    y = yaml12()
+    y.default_flow_style, y.sort_base_mapping_type_on_output = False, False
     with atomic_write(path) as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        y.dump(to_dict(cfg), f)
     return Path(path)
 
 # %% ../nbs/00_config.ipynb #78582706
@@ -485,7 +505,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> dict[str, tuple]:
     """Merge `overlay_path` into `params_path` in place (comments kept); returns {key: (old, new)} changed."""
-    from ruamel.yaml import YAML
     params_path = Path(params_path)
     base, over = read_yaml(params_path), read_yaml(overlay_path)
     merged = deep_merge(base, over)
@@ -493,7 +512,7 @@ def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> dict[str
         from_dict(Config, merged)
     except ConfigError as e:
         raise ConfigError(f"{overlay_path}: {e}") from None
-    rt = YAML()
+    rt = yaml12("rt")
     rt.preserve_quotes = True
     doc = rt.load(params_path.read_text(encoding="utf-8"))
     def merge_into(node, upd):

@@ -52,7 +52,7 @@ def read_how2sign_csv(path: str | Path) -> tuple[list[Sentence], list[dict]]:
     """Parse a How2Sign CSV into sentences plus a list of malformed-row problems (never raises on a row)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: annotation file not found — set data.how2sign_dir to the folder "
+        raise FileNotFoundError(f"{path}: annotation file not found — set data.root to the folder "
                                 "holding how2sign_realigned_{train,val,test}.csv")
     text = path.read_text(encoding="utf-8-sig")
     lines = text.splitlines()
@@ -315,7 +315,7 @@ def prepare(domain_dir: str | Path, out_dir: str | Path, cfg: DataConfig | None 
     cfg = cfg or DataConfig()
     domain_dir, out_dir = Path(domain_dir), Path(out_dir)
     if not domain_dir.is_dir():
-        raise FileNotFoundError(f"{domain_dir}: not a folder — point --how2sign-dir (data.how2sign_dir) at the "
+        raise FileNotFoundError(f"{domain_dir}: not a folder — point --how2sign-dir (data.root) at the "
                                 "folder with how2sign_realigned_*.csv and the full videos")
     videos = index_videos(domain_dir)
     report = {}

@@ -1,0 +1,49 @@
+"""params.yaml in one YAML dialect (1.2) across the project's loader, overlays and DVC's `exp run -S`."""
+import shutil
+
+import pytest
+from dvc.utils.hydra import apply_overrides
+
+from conftest import ROOT
+from sonar_thesis.config import ConfigError, apply_overlay, load_config, read_yaml
+
+
+@pytest.fixture
+def params(tmp_path):
+    p = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", p)
+    return p
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("hardware.mixed_precision=no", ("hardware", "mixed_precision"), "no"),
+    ("hardware.device=off", ("hardware", "device"), "off"),
+    ("stage1.learning_rate=1e-5", ("stage1", "learning_rate"), 1e-5),
+    ("stage2.learning_rate=3.0e-4", ("stage2", "learning_rate"), 3e-4),
+    ("evaluate.bleurt_checkpoint=yes", ("evaluate", "bleurt_checkpoint"), "yes"),
+    ("stage1.train_encoder=false", ("stage1", "train_encoder"), False),
+])
+def test_dvc_exp_run_set_round_trips(params, override, key, expected):
+    apply_overrides(params, [override])        # what `dvc exp run -S` does to params.yaml
+    cfg = load_config(params)
+    assert getattr(getattr(cfg, key[0]), key[1]) == expected
+    assert read_yaml(params)[key[0]][key[1]] == expected
+
+
+def test_null_and_mixed_precision_no_from_an_overlay(params, tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text("hardware:\n  mixed_precision: no\nmodel:\n  text_encoder: null\n")
+    with pytest.raises(ConfigError, match=r"model\.text_encoder: expected a string, got None"):
+        apply_overlay(params, over)
+    over.write_text("hardware:\n  mixed_precision: no\n")
+    changed = apply_overlay(params, over)
+    assert changed == {"hardware.mixed_precision": ("auto", "no")}
+    assert load_config(params).hardware.mixed_precision == "no"
+    assert "mixed_precision: no" in params.read_text()   # written unquoted, read back as the string "no"
+
+
+def test_how2sign_overlay_loads(params):
+    apply_overlay(params, ROOT / "configs" / "how2sign.yaml")
+    cfg = load_config(params)
+    assert cfg.dataset == "how2sign" and cfg.preset == "sonar" and cfg.data.root == "data/how2sign"
+    assert list(cfg.domain_dirs()) == ["target"]
