@@ -5,37 +5,21 @@ overlay is applied to its params.yaml, and `dvc repro` runs every stage there; t
 `dvc status` must report everything up to date. This tests the wiring between stages on every change.
 """
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import decord
 import pytest
 
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT, VENV_BIN, copy_worktree
 from sonar_thesis.config import apply_overlay, load_config
 from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv
-
-
-def _copy_worktree(dst: Path):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
-        src = ROOT / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    (dst / ".venv").symlink_to(ROOT / ".venv")
-    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)  # dvclive needs a repo with a commit, as a clone has
-    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dst, check=True)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
-    _copy_worktree(work)
+    copy_worktree(work)
     apply_overlay(work / "params.yaml", work / "configs" / "smoke.yaml")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
     r = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
