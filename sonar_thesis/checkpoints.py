@@ -11,8 +11,10 @@ import http.client
 import os
 import pickle
 import re
+import shlex
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections import Counter
@@ -28,10 +30,10 @@ from .io import atomic_path, read_json, sha256sum, write_json
 
 # %% auto #0
 __all__ = ['WRAPPER_PREFIXES', 'SAFE_GLOBALS', 'SIGNHIERA_LAYOUT', 'ENCODER_LAYOUT', 'DECODER_LAYOUT', 'TEXT_ENCODER_LAYOUT',
-           'LAYOUTS', 'ASL_BASE_URL', 'SONAR_BASE_URL', 'PUBLISHED', 'LOCK_NAME', 'CheckpointError', 'Layout',
-           'get_layout', 'layout_for', 'read_checkpoint', 'LoadReport', 'guess_layout', 'diff_checkpoint',
-           'load_published', 'published_state_dict', 'save_published', 'describe_checkpoint', 'PublishedFile',
-           'DownloadError', 'ChecksumError', 'download']
+           'LAYOUTS', 'ASL_BASE_URL', 'SONAR_BASE_URL', 'PUBLISHED', 'LOCK_NAME', 'DEFAULT_OUTPUT', 'SUMS_NAME',
+           'CheckpointError', 'Layout', 'get_layout', 'layout_for', 'read_checkpoint', 'LoadReport', 'guess_layout',
+           'diff_checkpoint', 'load_published', 'published_state_dict', 'save_published', 'describe_checkpoint',
+           'PublishedFile', 'DownloadError', 'ChecksumError', 'download']
 
 # %% ../nbs/06_checkpoints.ipynb #777ed03a
 class CheckpointError(RuntimeError):
@@ -200,7 +202,7 @@ def read_checkpoint(path: str | os.PathLike, safe_globals: Iterable = ()) -> Any
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no such checkpoint file — run `download(...)` (sonar-thesis download) or fix the path")
+            f"{path}: no such checkpoint file — run `sonar-thesis download` (offline: `sonar-thesis download --from DIR`) or fix the path")
     allowed = [*SAFE_GLOBALS, *safe_globals]
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
@@ -221,7 +223,7 @@ def read_checkpoint(path: str | os.PathLike, safe_globals: Iterable = ()) -> Any
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(
             f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {str(e)[:200]}). "
-            f"A truncated download? Rerun download(...): it verifies size and sha256.") from e
+            f"A truncated download? Rerun `sonar-thesis download`: it verifies size and sha256.") from e
 
 # %% ../nbs/06_checkpoints.ipynb #6a5c6e2e
 def _shape(t) -> tuple[int, ...]:
@@ -632,7 +634,7 @@ def describe_checkpoint(checkpoint: str | os.PathLike | Mapping, limit: int = 8,
 class PublishedFile:
     """One downloadable file."""
 
-    url: str  # http(s) URL
+    url: str  # http(s) or file:// URL
     filename: str  # name under output_dir
     sha256: str | None = None  # pinned hash (None: recorded in the lock file on first download)
     size: int | None = None  # pinned size in bytes (optional)
@@ -665,21 +667,76 @@ class ChecksumError(DownloadError):
     """A file whose size or sha256 does not match the recorded one."""
 
 # %% ../nbs/06_checkpoints.ipynb #5c551ed9
+DEFAULT_OUTPUT = "models/published"  # `download`'s and `sonar-thesis download`'s default folder
+SUMS_NAME = "SHA256SUMS"  # `sha256sum * > SHA256SUMS` in a mirror folder
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _manual_help(name: str, f: PublishedFile, dest: Path, lock: Path) -> str:
-    return (f"Fetch it by hand on a machine with internet access, e.g.\n"
-            f"    curl -L -C - -o {dest.name} {f.url}\n"
-            f"put it at {dest}, then rerun download({name!r}, {str(dest.parent)!r}) "
-            f"(sonar-thesis download): the rerun records its size and sha256 in {lock} "
-            f"(or verifies them if they are already recorded).")
+def _cmd(name: str, out_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> str:
+    """The shell command that (re)runs this download: `sonar-thesis download --model … [--output …] [--from …]`."""
+    args = ["sonar-thesis", "download", "--model", name]
+    if Path(out_dir) != Path(DEFAULT_OUTPUT):
+        args += ["--output", str(out_dir)]
+    if source is not None:
+        args += ["--from", str(source)]
+    return " ".join(shlex.quote(a) for a in args)
 
 
-def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> int | None:
+def _file_url_path(url: str) -> Path | None:
+    """The local path of a `file://` URL (None for other schemes)."""
+    u = urllib.parse.urlparse(url)
+    if u.scheme != "file":
+        return None
+    if u.netloc not in ("", "localhost"):
+        raise DownloadError(f"{url}: only local file:// URLs are supported (file:///path/to/file)")
+    return Path(urllib.request.url2pathname(u.path))
+
+
+def _manual_help(name: str, files: Iterable[PublishedFile], out_dir: Path, lock: Path) -> str:
+    """The two ways out when `files` (those of `name` still missing) cannot be fetched here."""
+    gets = []
+    for f in files:
+        src, dest = _file_url_path(f.url), shlex.quote(str(out_dir / f.filename))
+        gets.append(f"    cp {shlex.quote(str(src))} {dest}" if src is not None
+                    else f"    curl -L -C - -o {dest} {shlex.quote(f.url)}")
+    return (f"Either fetch by hand (here, or on a machine with internet access and copy into {out_dir}):\n"
+            + "\n".join(gets) + "\n"
+            f"then rerun `{_cmd(name, out_dir)}`: it records each file's size and sha256 in {lock} "
+            f"(or verifies them if they are already recorded).\n"
+            f"Or copy the published files into one folder DIR (a mirror: `{_cmd(name, 'DIR')}` on a machine "
+            f"with internet, or a cluster's shared copy) and run\n"
+            f"    {_cmd(name, out_dir, 'DIR')}")
+
+
+def _copy(src: Path, part: Path, offset: int, chunk_size: int, progress: bool) -> int:
+    """Copy `src` into `part` from byte `offset` (appending), in chunks with a progress bar; return `src`'s size."""
+    total = src.stat().st_size
+    if offset > total:  # a stale part longer than the file: start over
+        offset = 0
+    with open(src, "rb") as inp, open(part, "ab" if offset else "wb") as out, \
+            tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                 desc=part.name[:-len(".part")], disable=not progress, leave=False) as bar:
+        inp.seek(offset)
+        while chunk := inp.read(chunk_size):
+            out.write(chunk)
+            bar.update(len(chunk))
+    return total
+
+
+def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool,
+           rerun: str = "sonar-thesis download") -> int | None:
     """Download `url` into `part`, resuming from its current size; return the expected total size or None."""
     offset = part.stat().st_size if part.exists() else 0
+    src = _file_url_path(url)
+    if src is not None:  # urllib opens file:// but ignores Range: read the file directly and seek
+        total = _copy(src, part, offset, chunk_size, progress)
+        if part.stat().st_size != total:
+            raise DownloadError(f"{url}: copied {part.stat().st_size:,} of {total:,} bytes; the partial data "
+                                f"is kept in {part} — rerun `{rerun}` to resume")
+        return total
     headers = {"User-Agent": "sonar-thesis-download"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -688,14 +745,15 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # nothing left to send: the part is already complete
             return None
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason} — the URL may have moved; check PUBLISHED") from e
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason} — the URL may have moved: check PUBLISHED, or fetch "
+                            f"the file elsewhere and use `{rerun} --from DIR`") from e
     with resp:
         total = None
         if offset and resp.status == 206:
             m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != offset:
                 raise DownloadError(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
-                                    f"for a resume at byte {offset}; delete {part} and rerun")
+                                    f"for a resume at byte {offset}; delete {part} and rerun `{rerun}`")
             total = int(m.group(2)) if m.group(2) != "*" else None
             mode = "ab"
         else:  # fresh, or the server ignored Range: start over
@@ -713,89 +771,158 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
                 out.flush()
                 raise DownloadError(
                     f"{url}: interrupted after {part.stat().st_size:,} bytes ({type(e).__name__}); the partial "
-                    f"data is kept in {part} — rerun to resume") from e
+                    f"data is kept in {part} — rerun `{rerun}` to resume") from e
     got = part.stat().st_size
     if total is not None and got != total:
-        raise DownloadError(f"{url}: got {got:,} of {total:,} bytes; the partial data is kept in {part} — rerun to resume")
+        raise DownloadError(f"{url}: got {got:,} of {total:,} bytes; the partial data is kept in {part} — "
+                            f"rerun `{rerun}` to resume")
     return total
 
 
-def _check(path: Path, size: int | None, sha: str | None, what: str, verify: bool = True) -> None:
+def _mirror_sums(mirror: Path) -> dict[str, list[tuple]]:
+    """{filename: [(size, sha256, where)]} from a mirror's `checksums.json` and/or `SHA256SUMS`."""
+    out: dict[str, list[tuple]] = {}
+    lock = mirror / LOCK_NAME
+    if lock.is_file():
+        try:
+            table = read_json(lock)
+            assert isinstance(table, dict) and all(isinstance(v, dict) for v in table.values())
+        except (ValueError, AssertionError):
+            raise DownloadError(f"{lock}: not a {{filename: {{size, sha256}}}} JSON table — fix or delete it") from None
+        for fn, rec in table.items():
+            out.setdefault(fn, []).append((rec.get("size"), rec.get("sha256"), str(lock)))
+    sums = mirror / SUMS_NAME
+    if sums.is_file():
+        for i, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.rstrip("\r"))
+            if not m:
+                raise DownloadError(f"{sums}:{i}: not a `sha256  filename` line ({line[:60]!r}) — regenerate it "
+                                    f"with `sha256sum * > {SUMS_NAME}` in {mirror}")
+            fn = m.group(2).removeprefix("./")
+            out.setdefault(fn, []).append((None, m.group(1).lower(), str(sums)))
+    return out
+
+
+def _check(path: Path, expected: Iterable[tuple],  # (size or None, sha256 or None, where it comes from)
+           verify: bool = True, label: Path | None = None) -> str | None:
+    """Size (always) and sha256 (if `verify`) of `path` against every expectation; return the sha256 if computed."""
+    expected = [e for e in expected if e[0] is not None or e[1]]
+    label = label or path
     got_size = path.stat().st_size
-    if size is not None and got_size != size:
-        raise ChecksumError(f"{path}: {got_size:,} bytes, but {what} says {size:,}.")
-    if sha and verify:
-        got = sha256sum(path)
-        if got != sha:
-            raise ChecksumError(f"{path}: sha256 {got} does not match {sha} ({what}).")
+    for size, _, what in expected:
+        if size is not None and got_size != size:
+            raise ChecksumError(f"{label}: {got_size:,} bytes, but {what} says {size:,}.")
+    shas = [(sha.lower(), what) for _, sha, what in expected if sha]
+    if not (shas and verify):
+        return None
+    got = sha256sum(path)
+    bad = [f"{sha} ({what})" for sha, what in shas if sha != got]
+    if bad:
+        raise ChecksumError(f"{label}: sha256 {got} does not match " + ", nor ".join(bad) + ".")
+    return got
 
 
 def download(model: str = "all",  # a PUBLISHED name, or "all"
-             output_dir: str | os.PathLike = "models/pretrained",  # where the files go (+ checksums.json)
+             output_dir: str | os.PathLike = DEFAULT_OUTPUT,  # where the files go (+ checksums.json)
              *,
+             source: str | os.PathLike | None = None,  # a mirror folder to copy the files from instead
              published: Mapping[str, Iterable[PublishedFile]] | None = None,  # default: PUBLISHED
              verify: bool = True,  # hash files already present (False: size check only)
              progress: bool = True,  # tqdm bar per file
              timeout: float = 60.0,  # seconds per connect/read
              chunk_size: int = 1 << 20,
              ) -> dict[str, Path]:
-    """Download published files with resume, record size+sha256 on first download, verify afterwards."""
+    """Download (or copy from a mirror) published files with resume, record size+sha256 once, verify afterwards."""
     table = dict(PUBLISHED if published is None else published)
     if model != "all" and model not in table:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(table)} or 'all'")
     names = list(table) if model == "all" else [model]
+    mirror = Path(source) if source is not None else None
+    if mirror is not None and not mirror.is_dir():
+        raise DownloadError(f"{mirror}: no such mirror folder — pass `--from` a folder holding the published files "
+                            f"side by side (e.g. filled by `{_cmd(model, mirror)}` on a machine with internet)")
+    mirror_sums = _mirror_sums(mirror) if mirror is not None else {}
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir / LOCK_NAME
     lock: dict[str, dict] = read_json(lock_path) if lock_path.exists() else {}
     paths: dict[str, Path] = {}
     for name in names:
+        cmd = _cmd(name, out_dir, mirror)
         for f in table[name]:
             dest = out_dir / f.filename
             rec = lock.get(f.filename, {})
             size, sha = f.size or rec.get("size"), f.sha256 or rec.get("sha256")
             what = "the pinned hash in PUBLISHED" if f.sha256 else f"{lock_path} (recorded {rec.get('recorded', '?')})"
-            fix = (f" The file changed or is corrupt: delete it and rerun download({name!r}) to fetch it again "
-                   f"(if a new upstream version is intended, also delete its entry in {lock_path}).")
+            expected = [(size, sha, what), *mirror_sums.get(f.filename, [])]
             if dest.exists():
-                if sha or size:
-                    try:
-                        _check(dest, size, sha, what, verify)
-                    except ChecksumError as e:
-                        raise ChecksumError(str(e) + fix) from None
-                    print(f"{dest}: present, {'verified' if verify and sha else 'size checked'}")
+                try:
+                    got = _check(dest, expected, verify or not sha)  # unrecorded files are hashed anyway
+                except ChecksumError as e:
+                    raise ChecksumError(f"{e} The file changed or is corrupt: delete it and rerun `{cmd}` to fetch "
+                                        f"it again (if a new upstream version is intended, also delete its entry "
+                                        f"in {lock_path}).") from None
+                if sha:
+                    print(f"{dest}: present, {'verified' if verify else 'size checked'}")
                 else:  # put there by hand (or lock file deleted): record it now
-                    lock[f.filename] = {"url": f.url, "size": dest.stat().st_size, "sha256": sha256sum(dest),
+                    lock[f.filename] = {"url": f.url, "size": dest.stat().st_size, "sha256": got or sha256sum(dest),
                                         "recorded": _now(), "how": "found in place"}
                     write_json(lock_path, lock)
                     print(f"{dest}: present, size and sha256 recorded in {lock_path}")
                 paths[f.filename] = dest
                 continue
             part = dest.with_name(dest.name + ".part")
-            if part.exists():
-                print(f"{dest}: resuming from {part.stat().st_size:,} bytes")
+            if mirror is not None:
+                src = mirror / f.filename
+                if not src.is_file():
+                    raise DownloadError(
+                        f"{mirror}: no {f.filename} in this mirror folder — copy it there (from a machine with "
+                        f"internet: `{_cmd(name, mirror)}`, or `curl -L -o {shlex.quote(str(src))} {f.url}`), "
+                        f"then rerun `{cmd}`")
+                how, label = f"copied from {os.path.abspath(mirror)}", src
+                try:
+                    _copy(src, part, 0, chunk_size, progress)  # a local copy is cheap: never resumed
+                except OSError as e:
+                    part.unlink(missing_ok=True)
+                    raise DownloadError(f"{src}: copy failed ({type(e).__name__}: {e}); rerun `{cmd}`") from e
+            else:
+                how, label = "downloaded", None
+                if part.exists():
+                    print(f"{dest}: resuming from {part.stat().st_size:,} bytes")
+                try:
+                    _fetch(f.url, part, timeout, chunk_size, progress, rerun=cmd)
+                except DownloadError:
+                    raise
+                except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+                    reason = getattr(e, "reason", e)
+                    local = _file_url_path(f.url)
+                    missing = [g for g in table[name] if not (out_dir / g.filename).exists()]
+                    first = (f"Could not read {f.url} ({reason}) — is {local.parent} mounted on this machine?"
+                             if local is not None else
+                             f"Could not reach {f.url} ({reason}) — offline, or the host is blocked?")
+                    raise DownloadError(first + "\n" + _manual_help(name, missing, out_dir, lock_path)) from e
             try:
-                _fetch(f.url, part, timeout, chunk_size, progress)
-            except DownloadError:
-                raise
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                raise DownloadError(
-                    f"Could not reach {f.url} ({reason}) — offline, or the host is blocked?\n"
-                    + _manual_help(name, f, dest, lock_path)) from e
-            try:
-                _check(part, size, sha, what)
+                got = _check(part, expected, label=label)
             except ChecksumError as e:
                 part.unlink()
+                if mirror is not None:
+                    raise ChecksumError(f"{e} The copy was deleted, nothing was written to {dest}: replace the "
+                                        f"mirror's file (or, if this other version is intended, delete its entry in "
+                                        f"{lock_path}), then rerun `{cmd}`.") from None
                 raise ChecksumError(f"{e} The downloaded copy was deleted; the remote file differs from "
                                     f"the recorded one — check the URL, or delete the entry in {lock_path} "
-                                    f"if a new upstream version is intended.") from None
+                                    f"if a new upstream version is intended, then rerun `{cmd}`.") from None
             if not sha:
-                lock[f.filename] = {"url": f.url, "size": part.stat().st_size, "sha256": sha256sum(part),
-                                    "recorded": _now(), "how": "downloaded"}
+                lock[f.filename] = {"url": f.url, "size": part.stat().st_size, "sha256": got or sha256sum(part),
+                                    "recorded": _now(), "how": how}
                 write_json(lock_path, lock)
             os.replace(part, dest)  # only after verification
-            print(f"{dest}: downloaded, {dest.stat().st_size:,} bytes, sha256 "
-                  f"{'verified' if sha else 'recorded in ' + str(lock_path)}")
+            checked = [w for _, s, w in expected if s]
+            print(f"{dest}: {how}, {dest.stat().st_size:,} bytes, sha256 "
+                  + (f"verified against {', '.join(checked)}" if checked else "")
+                  + ("; " if checked and not sha else "")
+                  + ("" if sha else f"recorded in {lock_path}"))
             paths[f.filename] = dest
     return paths

@@ -97,14 +97,15 @@ def prepare(
 @cli_errors
 def download(
     model: str = typer.Option("all", "--model", help="all | sonar_signhiera | sonar_encoder | sonar_decoder | sonar_text_encoder | sonar_sample_clip"),
-    output: Path = typer.Option(Path("models/pretrained"), "--output", help="Folder for the files and checksums.json."),
+    output: Path = typer.Option(Path("models/published"), "--output", help="Folder for the files and checksums.json."),
+    source: Optional[Path] = typer.Option(None, "--from", help="Copy the files from this mirror folder (offline) instead of downloading; verified against its checksums.json / SHA256SUMS."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of files already present."),
 ):
-    """Download the published SONAR ASL checkpoints (SignHiera, ASL encoder, text decoder + tokenizer)."""
+    """Download the published SONAR ASL checkpoints (SignHiera, ASL encoder, text decoder + tokenizer), or copy them from a mirror folder."""
     from sonar_thesis.checkpoints import PUBLISHED, download as _download
     if model != "all" and model not in PUBLISHED:
         raise ValueError(f"unknown --model {model!r}; choose all or one of {', '.join(PUBLISHED)}")
-    files = _download(model, output, verify=not no_verify)
+    files = _download(model, output, source=source, verify=not no_verify)
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
 

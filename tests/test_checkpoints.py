@@ -1,5 +1,6 @@
 """Checkpoint compatibility (published layouts from shared/specs), loud failures, round trips, downloads."""
 
+import hashlib
 import json
 import re
 import socket
@@ -445,7 +446,7 @@ def test_resume_from_partial_file(server, tmp_path):
 def test_interrupted_download_keeps_part_and_resumes(server, tmp_path):
     pub = _pub(server)
     server.cut_after = 70_000
-    with pytest.raises(DownloadError, match="rerun to resume"):
+    with pytest.raises(DownloadError, match=r"rerun `sonar-thesis download --model toy --output \S+` to resume"):
         download("toy", tmp_path, published=pub, progress=False, chunk_size=8192)
     part = tmp_path / "weights.pth.part"
     assert part.stat().st_size == 70_000 and not (tmp_path / "weights.pth").exists()
@@ -510,6 +511,11 @@ def test_offline_message(tmp_path):
     msg = str(e.value)
     assert "Could not reach" in msg and url in msg and "by hand" in msg
     assert str(tmp_path / "dm_70h_ub_signhiera.pth") in msg and "checksums.json" in msg and "rerun" in msg
+    # both ways out name the shell command, never a Python call
+    assert f"curl -L -C - -o {tmp_path / 'dm_70h_ub_signhiera.pth'} {url}" in msg
+    assert f"rerun `sonar-thesis download --model sonar_signhiera --output {tmp_path}`" in msg
+    assert f"sonar-thesis download --model sonar_signhiera --output {tmp_path} --from DIR" in msg
+    assert "download(" not in msg
 
 
 def test_http_error_and_unknown_name(server, tmp_path):
@@ -527,3 +533,168 @@ def test_published_table():
         assert layout.file in {f.filename for f in PUBLISHED[layout.name]}
     assert "sentencepiece.source.256000.model" in {f.filename for f in PUBLISHED["sonar_decoder"]}
     assert all(u.startswith("https://dl.fbaipublicfiles.com/SONAR/") and u.endswith("/" + n) for n, u in files.items())
+
+
+# --------------------------------------------------------------------------------------------------------
+# (e) mirrors (`download(source=DIR)`, `sonar-thesis download --from DIR`) and file:// URLs
+# --------------------------------------------------------------------------------------------------------
+SMALL = bytes(range(256)) * 16  # 4,096 bytes
+
+
+def _mirror(root: Path, files: dict, sums: str | None, sums_of: dict | None = None) -> Path:
+    """A mirror folder holding `files`, with a checksums.json or SHA256SUMS of `sums_of` (default: of `files`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    table = {n: hashlib.sha256(d).hexdigest() for n, d in (sums_of or files).items()}
+    if sums == "checksums.json":
+        (root / "checksums.json").write_text(json.dumps(
+            {n: {"size": len((sums_of or files)[n]), "sha256": h} for n, h in table.items()}))
+    elif sums == "SHA256SUMS":
+        (root / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in table.items()))
+    return root
+
+
+def _toy(name="weights.pth", url=None, **kw) -> dict:
+    return {"toy": (PublishedFile(url or f"https://example.invalid/{name}", name, **kw),)}
+
+
+@pytest.mark.parametrize("sums", ["checksums.json", "SHA256SUMS", None])
+def test_mirror_copy_is_verified_and_recorded(tmp_path, sums, capsys):
+    mirror = _mirror(tmp_path / "mirror", {"weights.pth": SMALL}, sums)
+    out = tmp_path / "out"
+    got = download("toy", out, source=mirror, published=_toy(), progress=False, chunk_size=1000)
+    dest = out / "weights.pth"
+    assert got == {"weights.pth": dest} and dest.read_bytes() == SMALL
+    assert not (out / "weights.pth.part").exists()
+    rec = read_json(out / "checksums.json")["weights.pth"]
+    assert rec["how"] == f"copied from {mirror}" and rec["size"] == len(SMALL)
+    assert rec["sha256"] == hashlib.sha256(SMALL).hexdigest() and rec["url"] == "https://example.invalid/weights.pth"
+    printed = capsys.readouterr().out
+    assert (f"verified against {mirror / sums}" in printed) if sums else ("verified against" not in printed)
+    (mirror / "weights.pth").unlink()  # a rerun verifies what is there and copies nothing
+    download("toy", out, source=mirror, published=_toy(), progress=False)
+    assert "present, verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sums", ["checksums.json", "SHA256SUMS"])
+def test_corrupt_mirror_file_is_rejected(tmp_path, sums):
+    bad = b"\xff" + SMALL[1:]  # same size, other content
+    mirror = _mirror(tmp_path / "mirror", {"weights.pth": bad}, sums, sums_of={"weights.pth": SMALL})
+    out = tmp_path / "out"
+    with pytest.raises(ChecksumError) as e:
+        download("toy", out, source=mirror, published=_toy(), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{mirror / 'weights.pth'}: sha256 {hashlib.sha256(bad).hexdigest()}")
+    assert f"({mirror / sums})" in msg and f"rerun `sonar-thesis download --model toy --output {out} --from {mirror}`" in msg
+    assert sorted(p.name for p in out.iterdir()) == []  # no file, no .part, no lock entry
+
+
+def test_mirror_wrong_size_in_checksums_json(tmp_path):
+    mirror = _mirror(tmp_path / "mirror", {"weights.pth": SMALL[:-1]}, "checksums.json", sums_of={"weights.pth": SMALL})
+    with pytest.raises(ChecksumError, match=r"4,095 bytes, but .*mirror/checksums.json says 4,096"):
+        download("toy", tmp_path / "out", source=mirror, published=_toy(), progress=False)
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_mirror_must_match_the_recorded_lock_and_pinned_hash(tmp_path):
+    out = tmp_path / "out"
+    download("toy", out, source=_mirror(tmp_path / "a", {"weights.pth": SMALL}, None), published=_toy(), progress=False)
+    lock_before = (out / "checksums.json").read_text()
+    (out / "weights.pth").unlink()
+    other = SMALL[::-1]  # another version, consistent with its own SHA256SUMS
+    mirror_b = _mirror(tmp_path / "b", {"weights.pth": other}, "SHA256SUMS")
+    with pytest.raises(ChecksumError) as e:
+        download("toy", out, source=mirror_b, published=_toy(), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and f"({out / 'checksums.json'} (recorded " in msg and "delete its entry" in msg
+    assert str(mirror_b / "SHA256SUMS") not in msg  # that one matched
+    assert not (out / "weights.pth").exists() and not (out / "weights.pth.part").exists()
+    assert (out / "checksums.json").read_text() == lock_before
+    with pytest.raises(ChecksumError, match="the pinned hash in PUBLISHED"):
+        download("toy", tmp_path / "out2", source=mirror_b, published=_toy(sha256="0" * 64), progress=False)
+    assert not (tmp_path / "out2" / "weights.pth").exists()
+
+
+def test_missing_file_in_mirror_and_missing_mirror(tmp_path):
+    mirror = _mirror(tmp_path / "mirror", {"other.bin": SMALL}, None)
+    out = tmp_path / "out"
+    with pytest.raises(DownloadError) as e:
+        download("toy", out, source=mirror, published=_toy(), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{mirror}: no weights.pth in this mirror folder")
+    assert f"rerun `sonar-thesis download --model toy --output {out} --from {mirror}`" in msg
+    assert f"`sonar-thesis download --model toy --output {mirror}`" in msg  # how to fill the mirror
+    with pytest.raises(DownloadError, match=r"nowhere: no such mirror folder .*sonar-thesis download"):
+        download("toy", out, source=tmp_path / "nowhere", published=_toy(), progress=False)
+
+
+def test_bad_sha256sums_line_names_file_and_line(tmp_path):
+    mirror = _mirror(tmp_path / "mirror", {"weights.pth": SMALL}, None)
+    (mirror / "SHA256SUMS").write_text(f"# made by hand\n{hashlib.sha256(SMALL).hexdigest()} *./weights.pth\nnot a hash\n")
+    with pytest.raises(DownloadError, match=r"SHA256SUMS:3: not a `sha256  filename` line"):
+        download("toy", tmp_path / "out", source=mirror, published=_toy(), progress=False)
+    (mirror / "SHA256SUMS").write_text(f"{hashlib.sha256(SMALL).hexdigest()} *./weights.pth\n")  # binary mode, ./
+    download("toy", tmp_path / "out", source=mirror, published=_toy(), progress=False)
+    assert (tmp_path / "out" / "weights.pth").read_bytes() == SMALL
+
+
+def test_present_file_is_checked_against_the_mirror_sums(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "weights.pth").write_bytes(SMALL[::-1])  # put there by hand, never recorded
+    mirror = _mirror(tmp_path / "mirror", {"weights.pth": SMALL}, "SHA256SUMS")
+    with pytest.raises(ChecksumError, match=r"out/weights.pth: sha256 .*mirror/SHA256SUMS.* delete it and rerun "
+                                            r"`sonar-thesis download --model toy"):
+        download("toy", out, source=mirror, published=_toy(), progress=False)
+    assert not (out / "checksums.json").exists()
+
+
+def test_file_url_download_and_resume(tmp_path):
+    src = tmp_path / "upstream" / "weights.pth"
+    src.parent.mkdir()
+    src.write_bytes(SMALL)
+    pub = _toy(url=src.as_uri())
+    out = tmp_path / "out"
+    out.mkdir()
+    # an interrupted earlier run left 1,000 bytes: they are kept and only the rest is read (a real resume,
+    # so marked bytes show through — as with HTTP Range, only a recorded sha256 can catch a stale part)
+    (out / "weights.pth.part").write_bytes(b"\0" * 1000)
+    download("toy", out, published=pub, progress=False, chunk_size=700)
+    assert (out / "weights.pth").read_bytes() == b"\0" * 1000 + SMALL[1000:]
+    rec = read_json(out / "checksums.json")["weights.pth"]
+    assert rec["url"] == src.as_uri() and rec["how"] == "downloaded"
+    # a fresh folder, and a stale part longer than the file: start over
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "weights.pth.part").write_bytes(b"x" * 9000)
+    download("toy", tmp_path / "o2", published=pub, progress=False)
+    assert (tmp_path / "o2" / "weights.pth").read_bytes() == SMALL
+    # the recorded hash catches a changed source before anything replaces the file
+    (tmp_path / "o2" / "weights.pth").unlink()
+    src.write_bytes(SMALL[::-1])
+    with pytest.raises(ChecksumError, match="remote file differs"):
+        download("toy", tmp_path / "o2", published=pub, progress=False)
+    assert not (tmp_path / "o2" / "weights.pth").exists() and not (tmp_path / "o2" / "weights.pth.part").exists()
+
+
+def test_file_url_missing_names_the_way_out(tmp_path):
+    missing = tmp_path / "unmounted" / "weights.pth"
+    with pytest.raises(DownloadError) as e:
+        download("toy", tmp_path / "out", published=_toy(url=missing.as_uri()), progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"Could not read {missing.as_uri()}") and f"is {missing.parent} mounted" in msg
+    assert f"cp {missing} {tmp_path / 'out' / 'weights.pth'}" in msg
+    assert f"sonar-thesis download --model toy --output {tmp_path / 'out'} --from DIR" in msg
+    assert not (tmp_path / "out" / "weights.pth").exists()
+
+
+def test_remote_file_url_host_is_refused(tmp_path):
+    with pytest.raises(DownloadError, match="only local file:// URLs"):
+        download("toy", tmp_path, published=_toy(url="file://otherhost/x/weights.pth"), progress=False)
+
+
+def test_hint_command_omits_the_default_output_and_quotes():
+    assert ck._cmd("sonar_decoder", ck.DEFAULT_OUTPUT) == "sonar-thesis download --model sonar_decoder"
+    assert ck._cmd("sonar_decoder", "models/published", "/mnt/my mirror") == (
+        "sonar-thesis download --model sonar_decoder --from '/mnt/my mirror'")
+    assert ck.DEFAULT_OUTPUT == "models/published"
