@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +34,8 @@ from .video import VideoError, crop_frame, find_signer_box, iter_windows, resolv
 __all__ = ['FEATURE_SUFFIX', 'LENGTHS_COLUMNS', 'OverlapPolicy', 'INFO_SUFFIX', 'save_features', 'load_features', 'merge_windows',
            'ExtractFailure', 'WindowDataset', 'write_test_clip', 'write_zero_frame_clip', 'write_test_manifest',
            'shard_info', 'resolve_device', 'autocast_dtype', 'model_fingerprint', 'merge_shards', 'VideoProducer',
-           'ProducerDataset', 'normalize_batch', 'extract_manifest', 'build_extractor', 'main']
+           'ProducerDataset', 'LogProgress', 'progress_bar', 'WindowCost', 'measure_peak', 'available_memory',
+           'choose_batch_size', 'normalize_batch', 'auto_batch_size', 'extract_manifest', 'build_extractor', 'main']
 
 # %% ../nbs/07_extract.ipynb #8e566471
 FEATURE_SUFFIX = ".pt"
@@ -454,6 +457,161 @@ def _load_info(path: Path) -> dict | None:
         return None
     return info if isinstance(info, dict) else None
 
+# %% ../nbs/07_extract.ipynb #f8d62f44
+def _fmt_time(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class LogProgress:
+    """tqdm's `update`/`set_postfix`/`refresh`/`close` as plain log lines (first item, every `every_s` s or `every_n` items, end)."""
+    def __init__(self, total: int, desc: str, unit: str = "clip", every_s: float = 30.0, every_n: int = 0,
+                 file=None):
+        self.total, self.desc, self.unit, self.every_s, self.every_n = total, desc, unit, every_s, every_n
+        self.file, self.n, self.postfix = file, 0, {}
+        self.t0 = self._last_t = time.monotonic()
+        self._last_n, self._printed = 0, False
+
+    def line(self) -> str:
+        el = time.monotonic() - self.t0
+        rate = self.n / el if el > 0 else 0.0
+        speed = ((f"{rate:.2f} {self.unit}s/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}") if rate > 0
+                 else f"- {self.unit}s/s")
+        eta = (self.total - self.n) / rate if rate > 0 else None
+        pct = 100 * self.n / self.total if self.total else 100.0
+        post = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        return (f"{self.desc}: {self.n}/{self.total} {self.unit}s ({pct:.0f}%), {speed}, elapsed {_fmt_time(el)}, "
+                f"ETA {_fmt_time(eta)}{post}")
+
+    def _print(self):
+        self._last_t, self._last_n, self._printed = time.monotonic(), self.n, True
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+
+    def refresh(self):
+        """Print a line if one is due (time or count since the last line)."""
+        if (time.monotonic() - self._last_t >= self.every_s
+                or (self.every_n and self.n - self._last_n >= self.every_n)):
+            self._print()
+
+    def update(self, n: int = 1):
+        self.n += n
+        self._print() if self.n == n else self.refresh()        # the first item at once: the run is alive
+
+    def set_postfix(self, refresh: bool = False, **kw):
+        self.postfix = kw
+
+    def close(self):
+        if self.total and (self.n != self._last_n or not self._printed):
+            self._print()
+
+
+def progress_bar(total: int, desc: str, unit: str = "clip", enabled: bool = True, every_s: float = 30.0,
+                 every_n: int = 0):
+    """A tqdm bar on a terminal, `LogProgress` lines in a log (stderr not a TTY), nothing when not `enabled`."""
+    if not enabled:
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
+    return LogProgress(total, desc, unit, every_s, every_n)
+
+
+@dataclasses.dataclass
+class WindowCost:
+    """What one forward pass of one window costs."""
+    peak_bytes: int      # above what was in use before: device memory on CUDA, RSS on the CPU (0 = unknown)
+    seconds: float
+
+
+def _rss() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def measure_peak(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[Any, WindowCost]:
+    """Run `fn()` once → (its result, its peak memory above the current level and its time)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base, t = torch.cuda.memory_allocated(dev), time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize(dev)
+        return out, WindowCost(torch.cuda.max_memory_allocated(dev) - base, time.perf_counter() - t)
+    base = _rss()
+    peak, stop = [base], threading.Event()
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            stop.wait(0.002)
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    t = time.perf_counter()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        th.join()
+    return out, WindowCost(max(0, max(peak[0], _rss()) - base) if base else 0, time.perf_counter() - t)
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2, else v1), without reclaimable file cache; None: no limit."""
+    for d, lim, use, inactive in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                                  ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                   "total_inactive_file")):
+        try:
+            limit, used = int(Path(d, lim).read_text()), int(Path(d, use).read_text())
+        except (OSError, ValueError):                       # absent, or "max" (no limit)
+            continue
+        stat = dict(l.split() for l in Path(d, "memory.stat").read_text().splitlines() if len(l.split()) == 2) \
+            if Path(d, "memory.stat").is_file() else {}
+        return max(0, limit - used + int(stat.get(inactive, 0)))
+    return None
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes a forward pass may still take: CUDA free + cached by torch; CPU `MemAvailable` (≤ the cgroup's room)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    try:
+        info = dict(l.split(":", 1) for l in Path("/proc/meminfo").read_text().splitlines())
+        avail = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room()
+    return min(avail, room) if room is not None else avail
+
+
+def choose_batch_size(cost: WindowCost,                     # one window's forward pass
+                      available: int,                        # bytes (`available_memory`)
+                      cap: int = 8,                          # the user's maximum
+                      *,
+                      extra_per_window: int = 0,             # bytes per window outside the forward (loader buffers)
+                      margin: float = 0.8,                   # use at most this share of `available`
+                      max_batch_seconds: float | None = None,  # CPU: keep each batch under this much compute
+                      ) -> tuple[int, str]:
+    """Windows per forward pass that fit in memory (≤ `cap`, ≥ 1) and a one-line reason."""
+    per = cost.peak_bytes + extra_per_window
+    fit = int(margin * available // per) if cost.peak_bytes > 0 else cap
+    n, limits = max(1, min(cap, fit)), []
+    if cost.peak_bytes <= 0:
+        limits.append("peak memory not measurable here: using the cap")
+    if max_batch_seconds and cost.seconds > 0 and int(max_batch_seconds // cost.seconds) < n:
+        n = max(1, int(max_batch_seconds // cost.seconds))
+        limits.append(f"≤ {max_batch_seconds:.0f} s of compute per batch")
+    if fit < 1:
+        limits.append("WARNING: not even one window fits — expect swapping or out-of-memory")
+    why = (f"{n} windows per forward pass (one window: {per / 2**30:.2f} GiB peak, {cost.seconds:.2f} s; "
+           f"{available / 2**30:.1f} GiB available × {margin} fits {fit}; cap {cap}"
+           + "".join(f"; {x}" for x in limits) + ")")
+    return n, why
+
 # %% ../nbs/07_extract.ipynb #07f4d9bc
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 
@@ -483,11 +641,28 @@ def normalize_batch(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
     return frames.permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(sizes.mean).div_(sizes.std)
 
 
+def auto_batch_size(model: nn.Module, sizes: Preset, device: str | torch.device, cap: int = 8,
+                    amp: torch.dtype | None = None, host_windows: int = 0) -> tuple[int, str]:
+    """Windows per forward pass from one measured window of zeros (`choose_batch_size`; CPU: + `host_windows` uint8 windows each)."""
+    dev = torch.device(device)
+    T, c = sizes.num_frames, sizes.crop_size
+    x = torch.zeros(1, T, c, c, 3, dtype=torch.uint8, device=dev)                    # [1, T, H, W, 3]
+    pad = torch.zeros(1, T, dtype=torch.bool, device=dev)                              # [1, T]
+    def one():
+        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            return model.extract_features(normalize_batch(x, sizes), pad)
+    with torch.inference_mode():
+        _, cost = measure_peak(one, dev)
+    cpu = dev.type == "cpu"
+    return choose_batch_size(cost, available_memory(dev), cap, extra_per_window=x.numel() * host_windows if cpu else 0,
+                             max_batch_seconds=60.0 if cpu else None)
+
+
 def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_path (+ translation, …)
                      model: nn.Module | None,               # has extract_features(x, padding_mask) -> (features [B, T', C], valid [B, T']); None with a producer
                      out_dir: str | Path,                   # {id}.pt, lengths.tsv, failures.json, extract.json
                      sizes: Preset | None,                  # preset sizes (crop, window, fps); None with a producer
-                     batch_size: int = 8,                   # windows per model call, across videos
+                     batch_size: int | Literal["auto"] = "auto",  # windows per model call, across videos; "auto" (or 0): what fits (see above)
                      device: str | torch.device = "auto",   # auto: cuda:LOCAL_RANK if available, else cpu
                      num_workers: int = 2,                  # decoding processes (0: decode in this process)
                      rank: int | None = None,               # shard; default RANK env or 0
@@ -501,6 +676,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                      decode_threads: int = 1,               # decord threads per worker
                      prefetch_factor: int = 2,              # batches in flight per worker
                      producer: VideoProducer | None = None, # per-video features instead of SignHiera windows (see above)
+                     max_batch_size: int = 8,               # the cap of batch_size="auto"
                      ) -> dict:
     """Extract SignHiera features (or a producer's) for (this rank's shard of) a manifest into `out_dir/{id}.pt`; resumable."""
     if (model is None) == (producer is None):
@@ -581,9 +757,8 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
         loader = DataLoader(ProducerDataset(videos, producer), batch_size=None, num_workers=workers,
                             prefetch_factor=prefetch_factor if workers else None,
                             multiprocessing_context=getattr(producer, "start_method", None) if workers else None)
-        bar = tqdm(total=len(todo), desc=f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
-                   + (f" [{rank}/{world}]" if world > 1 else ""), unit="video",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
+        bar = progress_bar(len(todo), f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
+                           + (f" [{rank}/{world}]" if world > 1 else ""), "clip", progress and rank == 0)
         for res in loader:
             r = todo[res["vid"]]
             if res["fail"] is not None:
@@ -600,16 +775,20 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     if todo and producer is None:
         videos = [(i, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
         workers = max(0, min(num_workers, len(videos)))
-        ds = WindowDataset(videos, sizes, batch_size, crop, overlap, decode_threads)
+        if batch_size in ("auto", 0):
+            batch_size, why = auto_batch_size(model, sizes, dev, max_batch_size, amp,
+                                              host_windows=workers * (prefetch_factor + 1) + 2)
+            if rank == 0:
+                print(f"batch_size auto: {why}", flush=True)
+        ds = WindowDataset(videos, sizes, int(batch_size), crop, overlap, decode_threads)
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                             prefetch_factor=prefetch_factor if workers else None)
         pending: dict[int, dict[int, torch.Tensor]] = {}      # vid -> {window: [U_i, C]}
         expected: dict[int, int] = {}                          # vid -> number of windows (after "done")
         units = {"window": None}
         stride = 1 - overlap
-        bar = tqdm(total=len(todo), desc=f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
-                   + (f" [{rank}/{world}]" if world > 1 else ""), unit="video",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
+        bar = progress_bar(len(todo), f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
+                           + (f" [{rank}/{world}]" if world > 1 else ""), "clip", progress and rank == 0)
 
         def finish(vid: int):
             if vid not in expected or len(pending.get(vid, {})) < expected[vid]:
@@ -640,6 +819,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                     fail(todo[vid], a, b)
                     bar.update(1)
             bar.set_postfix(failed=len(failures), windows=windows, refresh=False)
+            bar.refresh()                                   # a line in a log when one is due, even mid-clip
 
         queue: collections.deque = collections.deque()    # batches whose results are still on the device
         with torch.inference_mode():
@@ -653,8 +833,9 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                         with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
                             feats, valid_units = model.extract_features(x, pad)    # [B, T', C], [B, T']
                     except torch.OutOfMemoryError as e:
-                        raise RuntimeError(f"out of memory on {dev} at batch_size={batch_size}: lower batch_size "
-                                           "(features do not depend on it) and rerun — finished videos are kept") from e
+                        raise RuntimeError(f"out of memory on {dev} at batch_size={batch_size}: lower batch_size or "
+                                           "max_batch_size (features do not depend on it) and rerun — finished videos "
+                                           "are kept") from e
                     call = _HostCopy(feats.float(), valid_units)                   # async device → host
                 queue.append((call, batch["vid"].tolist(), batch["win"].tolist(), batch["events"]))
                 while len(queue) > 1:    # handle the previous batch while the device runs this one
@@ -675,7 +856,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     secs = time.perf_counter() - t0
     return {"manifest": str(manifest_tsv), "out_dir": str(out_dir), "rank": rank, "world_size": world,
             "device": str(dev), "precision": str(amp).replace("torch.", "") if amp else "fp32",
-            "videos": len(mine), "extracted": new, "skipped_existing": skipped, "failed": len(failures),
+            "batch_size": batch_size if producer is None else None, "videos": len(mine), "extracted": new, "skipped_existing": skipped, "failed": len(failures),
             "windows": windows, "features": sum(r["n_features"] for r in ordered),
             "seconds": round(secs, 2), "videos_per_s": round(new / secs, 3) if secs > 0 else None,
             "lengths_shard": str(lengths_shard), "merged": merged, "failures": failures}
@@ -702,7 +883,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--checkpoint", required=True, help="SignHiera checkpoint (published layout)")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="sonar")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=lambda s: s if s == "auto" else int(s), default="auto",
+                    help="windows per forward pass; auto (default) or 0: what fits memory, at most --max-batch-size")
+    ap.add_argument("--max-batch-size", type=int, default=8, help="the cap of --batch-size auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto")
@@ -714,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     crop = load_config(a.params).preprocess if a.params else None
     rep = extract_manifest(a.manifest, build_extractor(a.preset, a.checkpoint), a.out_dir, PRESETS[a.preset],
                            a.batch_size, a.device, a.num_workers, a.rank, a.world_size, crop=crop, precision=a.precision,
-                           overlap_policy=a.overlap_policy)
+                           overlap_policy=a.overlap_policy, max_batch_size=a.max_batch_size)
     print(json.dumps({k: v for k, v in rep.items() if k != "failures"}, indent=1))
     return rep
 

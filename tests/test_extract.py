@@ -228,3 +228,25 @@ def test_uncropped_videos_are_cropped_in_the_workers(corpus, tmp_path):
                                       torch.from_numpy(np.stack([p for _, p in wins])))
     expected = torch.cat([fi[vi] for fi, vi in zip(f, v)])
     assert torch.allclose(load_features(tmp_path / "crop" / "full.pt"), expected, atol=ATOL)
+
+
+def test_auto_batch_and_progress_lines_in_a_log(corpus, reference, tmp_path, capsys, monkeypatch):
+    """batch_size="auto" measures one window, prints its choice (≤ the cap); a non-TTY stderr gets plain progress lines."""
+    import sonar_thesis.extract as ex
+    root, manifest, model = corpus
+    rep = extract_manifest(manifest, model, tmp_path / "auto", TINY, num_workers=0, max_batch_size=3)
+    out, err = capsys.readouterr()
+    assert rep["batch_size"] == 3 and "batch_size auto: 3 windows per forward pass" in out and "cap 3" in out
+    lines = [l for l in err.splitlines() if l.startswith("extract ")]
+    assert " 1/8 clips (12%)" in lines[0]     # the first clip at once
+    assert " 8/8 clips (100%)" in lines[-1] and "windows 12" in lines[-1] and "failed 2" in lines[-1]
+    assert "\r" not in err                                                                 # no tqdm redraws in a log
+    assert_matches(tmp_path / "auto", reference)
+    # little memory left: auto goes below the cap (0.8 × 100 MiB / (measured peak + 5 uint8 windows in flight:
+    # one worker × (prefetch 2 + the one it builds) + 2 in the main process))
+    cost = ex.WindowCost(20 * 2**20, 0.01)
+    monkeypatch.setattr(ex, "measure_peak", lambda fn, dev: (fn(), cost))
+    monkeypatch.setattr(ex, "available_memory", lambda dev: 100 * 2**20)
+    rep = extract_manifest(manifest, model, tmp_path / "low", TINY, num_workers=1, progress=False, max_batch_size=8)
+    assert rep["batch_size"] == int(0.8 * 100 * 2**20 // (cost.peak_bytes + 5 * 32 * 64 * 64 * 3)) == 3
+    assert_matches(tmp_path / "low", reference)
