@@ -9,7 +9,7 @@ photographed face (mediapipe and dlib find it) above a moving pair of hands on a
 (+ text encoder) checkpoints under the published file names and layouts (`{"model"}` SignHiera with MAE
 leftovers, `{"student"}` encoder, fairseq2-named `{"model"}` decoder), a SentencePiece model in the NLLB
 id layout (all 202 SONAR languages; 256,000 pieces for the `sonar` preset) and `SHA256SUMS`, i.e. what a
-mirror of the download site holds.
+mirror of the download site holds (with a stand-in for the demo's sample clip).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ SENTENCES = [
 ]
 PUBLISHED_NAMES = dict(signhiera="dm_70h_ub_signhiera.pth", encoder="dm_70h_ub_sonar_encoder.pth",
                        decoder="sonar_text_decoder.pt", tokenizer="sentencepiece.source.256000.model",
-                       text_encoder="sonar_text_encoder.pt")
+                       text_encoder="sonar_text_encoder.pt", sample_clip="0043626-2023.1.4.mp4")
 
 
 def _face() -> np.ndarray:
@@ -202,5 +202,6 @@ def write_published_checkpoints(out_dir: str | Path, preset: str = "small", text
         del te
     else:
         paths.pop("text_encoder")
+    write_how2sign_video(paths["sample_clip"], 2.0, size=(640, 360), fps=30, seed=seed)   # the demo's DailyMoth clip
     (out / "SHA256SUMS").write_text("".join(f"{sha256sum(p)}  {p.name}\n" for p in paths.values()))
     return paths

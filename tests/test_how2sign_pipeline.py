@@ -1,0 +1,98 @@
+"""The real path end to end: `dvc repro` of every stage with `dataset: how2sign` on How2Sign's layout.
+
+A copy of the working tree gets a small How2Sign folder in the exact published layout
+(`tests/how2sign_layout.py`: tab-separated CRLF CSVs, ids starting with `-`, 1280x720 29.97 fps full
+videos) and a local mirror of the download site holding checkpoints in the published file layouts at the
+`small` preset's widths. Then, as the README tells a user: `sonar-thesis params --overlay
+configs/how2sign.yaml`, `sonar-thesis download --from MIRROR`, and `dvc repro` (with
+configs/how2sign_ci.yaml's CPU budgets). The code paths are those of a full-size run; only widths differ.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import VENV_BIN, copy_worktree
+from how2sign_layout import PUBLISHED_NAMES, fixture_texts, make_how2sign_fixture, write_published_checkpoints
+from sonar_thesis.config import load_config
+from sonar_thesis.io import read_json, read_tsv
+
+SYSTEMS = ("zeroshot", "stage2", "ablation", "landmarks")
+
+
+def _run(args, cwd, env, timeout=1800):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(map(str, args))} failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    work = tmp_path_factory.mktemp("how2sign")
+    copy_worktree(work)
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+    exe = str(VENV_BIN / "sonar-thesis")
+    _run([exe, "params", "--overlay", "configs/how2sign.yaml"], work, env)
+    _run([exe, "params", "--overlay", "configs/how2sign_ci.yaml"], work, env)
+    cfg = load_config(work / "params.yaml")
+    make_how2sign_fixture(work / cfg.data.root, videos={"train": 2, "val": 1, "test": 1}, sentence_seconds=1.6)
+    mirror = tmp_path_factory.mktemp("mirror")
+    write_published_checkpoints(mirror, cfg.preset, fixture_texts(work / cfg.data.root))
+    download = _run([exe, "download", "--from", str(mirror)], work, env)
+    repro = _run(["dvc", "repro"], work, env, timeout=2400)
+    return work, env, cfg, download.stdout + download.stderr, repro.stdout
+
+
+def test_download_from_a_mirror_verifies_every_file(real):
+    work, _, cfg, log, _ = real
+    lock = read_json(work / "models" / "published" / "checksums.json")
+    for what in ("signhiera", "encoder", "decoder", "tokenizer"):
+        path = work / getattr(cfg.model, what)
+        assert path.is_file() and path.name == PUBLISHED_NAMES[what], what
+        assert lock[path.name]["size"] == path.stat().st_size and len(lock[path.name]["sha256"]) == 64
+
+
+def test_real_run_renders_no_synthetic_data_and_caches_no_checkpoint(real):
+    work, _, cfg, _, repro = real
+    assert [p.name for p in (work / cfg.synth.output_dir).iterdir()] == ["NOT_RENDERED.txt"]
+    assert "Running stage 'prepare'" in repro and "Running stage 'figures'" in repro
+    # the published checkpoints are stage inputs: DVC hashes them but never copies them into its cache
+    lock = (work / "dvc.lock").read_text()
+    assert "models/published/dm_70h_ub_signhiera.pth" in lock
+    cached = sum(f.stat().st_size for f in (work / ".dvc" / "cache").rglob("*") if f.is_file())
+    ckpt = (work / cfg.model.decoder).stat().st_size
+    assert not any(f.stat().st_size == ckpt for f in (work / ".dvc" / "cache").rglob("*") if f.is_file()), cached
+
+
+def test_every_stage_wrote_its_outputs(real):
+    work, _, cfg, _, _ = real
+    rep = read_json(work / cfg.data.prepared_dir / "target" / "report.json")
+    for split in cfg.data.splits:
+        rows = read_tsv(work / cfg.data.prepared_dir / "target" / f"{split}.tsv")
+        assert rows and rep[split]["written"] == len(rows) and rep[split]["skipped"] == 0, split
+        assert all(r["id"].startswith("-") for r in rows)          # How2Sign ids that start with '-' survive
+    assert read_json(work / cfg.pretrain.output_dir / "pretrain.json")["published"] is True
+    for system in SYSTEMS:
+        m = read_json(work / "metrics" / f"{system}.json")
+        assert m["synthetic"] is False and m["n"] == len(read_tsv(work / cfg.data.prepared_dir / "target" / "test.tsv"))
+    table = (work / "figures" / "results_table.md").read_text()
+    assert "synthetic" not in table.lower().replace("not synthetic", "")
+    assert (work / "figures" / "metric_bars.png").stat().st_size > 1000
+
+
+def test_second_repro_is_up_to_date_and_a_csv_edit_reruns_prepare_and_downstream_only(real):
+    work, env, cfg, _, _ = real
+    status = _run(["dvc", "status", "--json"], work, env)
+    assert json.loads(status.stdout) == {}, status.stdout
+    csv = work / cfg.data.root / "how2sign_realigned_test.csv"
+    text = csv.read_bytes()
+    csv.write_bytes(text.replace(b"Cut the dough", b"Cut the bread", 1))
+    try:
+        changed = json.loads(_run(["dvc", "status", "--json"], work, env).stdout)
+        dry = _run(["dvc", "repro", "--dry"], work, env).stdout
+    finally:
+        csv.write_bytes(text)
+    assert "prepare" in changed and "synth" not in changed and "pretrain" not in changed, changed
+    assert "Running stage 'prepare'" in dry and "Running stage 'synth'" not in dry, dry
