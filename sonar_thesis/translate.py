@@ -5,11 +5,13 @@
 # %% ../nbs/09_translate.ipynb #8d4c7682
 from __future__ import annotations
 
+import itertools
 import re
 import time
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,28 +21,30 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoints import load_published, save_published
+from .checkpoints import load_published, read_checkpoint, save_published
 from .config import PRESETS, Config, HardwareConfig, Preset, StageConfig, load_config
-from .extract import load_features, merge_windows
+from .extract import (available_memory, choose_batch_size, load_features, measure_peak, merge_windows,
+                                  progress_bar)
 from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
-from .sonar import (PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
+from .sonar import (DATA_TAGS, PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
                                 decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_small, sonar_encoder_tiny,
                                 sonar_text_decoder_basic, sonar_text_decoder_small, sonar_text_decoder_tiny,
                                 sonar_text_encoder_basic, sonar_text_encoder_small, sonar_text_encoder_tiny,
-                                train_synthetic_tokenizer)
+                                langs_path, train_synthetic_tokenizer)
 from .trainer import inputs_fingerprint, load_weights, resolve_device, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0
 __all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'build_text_encoder', 'Pretrained', 'load_pretrained',
-           'clip_windows', 'normalize_windows', 'clip_units', 'SignStack', 'words_of', 'ClipDataset', 'collate_clips',
-           'FeatureDataset', 'collate_features', 'text_embeddings', 'attach_teacher', 'embedding_distance', 'freeze',
-           'FrozenEval', 'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'split_texts',
-           'train_tokenizer', 'verify_published', 'sign_spans', 'FeatureList', 'TextPairs', 'collate_text',
-           'TextAutoencoder', 'pretrain', 'translate_video', 'translate_manifests', 'translate_manifest', 'domain_bleu']
+           'decoder_vocab_rows', 'check_tokenizer_fits', 'iter_clip_windows', 'clip_windows', 'normalize_windows',
+           'clip_units', 'SignStack', 'words_of', 'stream_features', 'ClipDataset', 'collate_clips', 'FeatureDataset',
+           'collate_features', 'text_embeddings', 'attach_teacher', 'embedding_distance', 'freeze', 'FrozenEval',
+           'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'split_texts', 'train_tokenizer',
+           'verify_published', 'sign_spans', 'FeatureList', 'TextPairs', 'collate_text', 'TextAutoencoder', 'pretrain',
+           'translate_video', 'translate_manifests', 'translate_manifest', 'domain_bleu']
 
 # %% ../nbs/09_translate.ipynb #7753930b
 def build_translator(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SignToText:
@@ -90,6 +94,7 @@ def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | No
             hint = ("run `dvc repro pretrain` (synthetic)" if cfg.is_synthetic else "run `sonar-thesis download`")
             raise FileNotFoundError(f"{p}: {what} checkpoint not found — {hint}, or set model.{what} in params.yaml")
     tok = SonarTokenizer(paths["tokenizer"])
+    check_tokenizer_fits(tok, paths["decoder"], cfg.is_synthetic)     # before minutes of building and loading
     sh = build_signhiera(cfg.preset)
     tr = build_translator(cfg.preset, len(tok), dropout=0.0)
     load_published(sh, paths["signhiera"], strict=strict, verbose=False)
@@ -102,16 +107,45 @@ def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | No
         te = te.to(device).eval()
     return Pretrained(sh.to(device).eval(), tr.to(device).eval(), tok, te)
 
+# %% ../nbs/09_translate.ipynb #ef13df89
+def decoder_vocab_rows(path: str | Path) -> int | None:
+    """Rows of a decoder checkpoint's token embedding (fairseq2 `{"model": {"decoder_frontend.embed.weight"}}`), memory-mapped; None if absent."""
+    ckpt = read_checkpoint(path)                                     # torch.load(mmap=True, weights_only=True)
+    sd = ckpt.get("model") if isinstance(ckpt, dict) else None
+    for key in ("decoder_frontend.embed.weight", "final_proj.weight"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), torch.Tensor):
+            return int(sd[key].shape[0])
+    return None                                                      # another layout: load_published explains it
+
+def check_tokenizer_fits(tokenizer: SonarTokenizer, decoder: str | Path, synthetic: bool = False) -> None:
+    """Raise (naming both files) unless `len(tokenizer)` equals the decoder checkpoint's embedding rows."""
+    rows = decoder_vocab_rows(decoder)
+    if rows is None or rows == len(tokenizer):
+        return
+    lay, lp = tokenizer.layout, langs_path(tokenizer.model_path)
+    langs = f"{len(lay.langs)} languages" + (f" (from {lp.name})" if lp.is_file() else "")
+    fix = ("both come from one `dvc repro pretrain` run: rerun it, or point model.tokenizer and model.decoder at "
+           "the same run's files" if synthetic else
+           "use the tokenizer published with this decoder: `sonar-thesis download --model sonar_decoder` fetches "
+           "both (sentencepiece.source.256000.model) — and set model.tokenizer in params.yaml")
+    raise ValueError(f"{tokenizer.model_path} gives 1 + {lay.num_pieces:,} pieces + {langs} + {len(DATA_TAGS)} tags = "
+                     f"{len(tokenizer):,} token ids, but {decoder} has {rows:,} embedding rows "
+                     f"(decoder_frontend.embed.weight): wrong tokenizer for this decoder? Every language id would "
+                     f"shift and the output would be garbage — {fix}")
+
 # %% ../nbs/09_translate.ipynb #ffaac937
-def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
-                 overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """All windows of a clip: uint8 `[W, T, H, W, 3]` and padding `[W, T]`; crop each frame to `box` if given."""
-    frames, pads = [], []
+def iter_clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
+                      overlap: float = 0.5) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream a clip's windows: uint8 `[T, H, W, 3]` (each frame cropped to `box` if given) and padding `[T]`."""
     for f, pad in iter_windows(path, sizes, overlap):
         if box is not None:
             f = np.stack([crop_frame(x, box, sizes.crop_size) for x in f])
-        frames.append(f)
-        pads.append(pad)
+        yield f, pad
+
+def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
+                 overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of a clip: uint8 `[W, T, H, W, 3]` and padding `[W, T]` (training clips; `stream_features` for long ones)."""
+    frames, pads = zip(*iter_clip_windows(path, sizes, box, overlap))
     return np.stack(frames), np.stack(pads)
 
 def normalize_windows(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
@@ -160,6 +194,51 @@ class SignStack(nn.Module):
 def words_of(text: str) -> list[str]:
     """Lower-cased words without punctuation."""
     return re.findall(r"[a-z0-9']+", text.lower())
+
+# %% ../nbs/09_translate.ipynb #aa1223ac
+_AUTO_BATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> {device: windows per pass}
+
+@torch.inference_mode()
+def stream_features(path: str | Path, signhiera: SignHiera, sizes: Preset, box: Sequence[int] | None = None,
+                    device: str | torch.device = "cpu", batch_windows: int | None = None,
+                    max_units: int | None = None, overlap: float = 0.5, max_batch_windows: int = 8,
+                    timings: dict | None = None) -> torch.Tensor:
+    """A clip's SignHiera features `[N, C]` (windows concatenated), streamed `batch_windows` windows at a time.
+
+    `batch_windows=None`: measured on the first window (≤ `max_batch_windows`); `max_units`: stop once that many
+    features are in; `timings`: gets the seconds spent decoding (`decode`) and in SignHiera (`signhiera`)."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    known = _AUTO_BATCH.get(signhiera, {}).get(str(dev)) if batch_windows is None else batch_windows
+    size = known or 1
+    windows = iter_clip_windows(path, sizes, box, overlap)
+    chunks, n_units, t_dec, t_sh = [], 0, 0.0, 0.0
+    while max_units is None or n_units < max_units:
+        t = time.perf_counter()
+        batch = list(itertools.islice(windows, size))
+        t_dec += time.perf_counter() - t
+        if not batch:
+            break
+        t = time.perf_counter()
+        frames = torch.from_numpy(np.stack([f for f, _ in batch])).to(dev)                  # [b, T, H, W, 3] uint8
+        pad = torch.from_numpy(np.stack([p for _, p in batch])).to(dev)                     # [b, T]
+        run = lambda: signhiera.extract_features(normalize_windows(frames, sizes), pad)    # [b, T', C], [b, T']
+        if known is None:                                   # the first window, alone: measure, then choose
+            out, cost = measure_peak(run, dev)
+            known = size = choose_batch_size(cost, available_memory(dev), max_batch_windows,
+                                             max_batch_seconds=60.0 if dev.type == "cpu" else None)[0]
+            _AUTO_BATCH.setdefault(signhiera, {})[str(dev)] = size
+        else:
+            out = run()
+        new = [f[v] for f, v in zip(out.features, out.valid)]                              # [U_i, C] each
+        chunks += new
+        n_units += sum(len(f) for f in new)
+        del frames, out
+        sync()
+        t_sh += time.perf_counter() - t
+    if timings is not None:
+        timings.update(decode=t_dec, signhiera=t_sh)
+    return merge_windows(chunks)                                                            # [N, C]
 
 # %% ../nbs/09_translate.ipynb #1c7f9ec2
 def _encode_target(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> list[int]:
@@ -613,21 +692,19 @@ class _Clock:
 @torch.inference_mode()
 def translate_video(path: str | Path, models: Pretrained, cfg: Config, signhiera: SignHiera | None = None,
                     translator: SignToText | None = None, crop: bool = True, device: str | torch.device = "cpu",
-                    batch_windows: int = 8) -> tuple[str, dict[str, float]]:
-    """One clip → (sentence, timings in ms). `crop=False` for clips that are already signer crops."""
+                    batch_windows: int | None = None, stop_early: bool = True) -> tuple[str, dict[str, float]]:
+    """One clip → (sentence, timings in ms), windows streamed (`stream_features`). `crop=False`: already a signer crop.
+
+    `batch_windows`: windows per SignHiera pass (None: measured); `stop_early`: no windows past `data.max_source_length` units."""
     sizes, sh, tr = cfg.sizes, signhiera or models.signhiera, translator or models.translator
     clock = _Clock(device)
     box = find_signer_box(path, cfg.preprocess, sizes).box if crop else None
-    frames, pad = clip_windows(path, sizes, box)
-    t_dc = clock.lap()
-    x = normalize_windows(torch.from_numpy(frames).to(device), sizes)
-    pad_t = torch.from_numpy(pad).to(device)
-    chunks = []
-    for s in range(0, len(x), batch_windows):
-        out = sh.extract_features(x[s: s + batch_windows], pad_t[s: s + batch_windows])
-        chunks += [f[v] for f, v in zip(out.features, out.valid)]
-    feats = merge_windows(chunks)[: cfg.data.max_source_length].float()[None]          # [1, N, C]
-    t_sh = clock.lap()
+    t_box, t = clock.lap(), {}
+    feats = stream_features(path, sh, sizes, box, device, batch_windows,
+                            cfg.data.max_source_length if stop_early else None, timings=t)
+    clock.lap()
+    feats = feats[: cfg.data.max_source_length].float()[None]                          # [1, N, C]
+    t_dc, t_sh = t_box + 1000 * t["decode"], 1000 * t["signhiera"]
     emb = tr.embed(feats)
     t_enc = clock.lap()
     ids = tr.decoder.generate(emb, models.tokenizer.prompt(cfg.model.target_lang), beam_size=cfg.model.beam_size,
@@ -644,16 +721,19 @@ def translate_manifests(manifests: dict[str, str | Path], models: Pretrained, cf
     out_dir, preds, failures = Path(out_dir), [], []
     for domain, manifest in manifests.items():
         rows = read_tsv(manifest, required=MANIFEST_COLUMNS)[: limit or None]
-        for r in tqdm(rows, desc=f"translate {system}/{domain}", unit="clip", disable=not progress):
+        bar = progress_bar(len(rows), f"translate {system}/{domain}", "clip", progress)
+        for r in rows:
             try:
                 text, t = translate_video(resolve_video_path(manifest, r["video_path"]), models, cfg, signhiera,
                                           translator, crop, device)
+                preds.append(dict(id=r["id"], reference=r["translation"], hypothesis=text, domain=domain,
+                                  signer=r.get("signer", ""), n_frames=r["n_frames"],
+                                  **{k: f"{v:.2f}" for k, v in t.items()}))
             except Exception as e:  # a bad clip is a counted skip, not a lost run
                 failures.append(dict(id=r["id"], domain=domain, error=f"{type(e).__name__}: {e}"))
-                continue
-            preds.append(dict(id=r["id"], reference=r["translation"], hypothesis=text, domain=domain,
-                              signer=r.get("signer", ""), n_frames=r["n_frames"],
-                              **{k: f"{v:.2f}" for k, v in t.items()}))
+            bar.set_postfix(failed=len(failures))
+            bar.update(1)
+        bar.close()
     write_tsv(out_dir / "predictions.tsv", preds,
               ("id", "reference", "hypothesis", "domain", "signer", "n_frames") + TIMING_COLUMNS)
     info = dict(system=system, domains={d: sum(p["domain"] == d for p in preds) for d in manifests},
