@@ -117,9 +117,9 @@ def _system_files(cfg: Config, checkpoint: Optional[Path]) -> dict:
         return files
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file or folder")
-    names = dict(signhiera="signhiera.pth", encoder="sonar_encoder.pth", decoder="sonar_text_decoder.pt")
-    if checkpoint.is_dir():
-        found = {k: str(checkpoint / n) for k, n in names.items() if (checkpoint / n).is_file()}
+    from sonar_thesis.finetune import PUBLISHED_NAMES as names, stage_files
+    if checkpoint.is_dir():  # a stage's own files, or the starting files its summary records for frozen models
+        found = {k: p for k, p in stage_files(checkpoint).items() if p}
         if not found:
             raise FileNotFoundError(f"{checkpoint}: holds none of {', '.join(names.values())} — point --checkpoint "
                                     "at a training stage's output folder (e.g. models/stage2)")
@@ -237,8 +237,9 @@ def finetune(
                 extract_manifest(crops_manifest(cfg, "target", split), model, feats / "target" / split, cfg.sizes,
                                  device=cfg.hardware.device, num_workers=cfg.hardware.num_workers)
         start = (stage1_checkpoint.parent if stage1_checkpoint is not None else Path(cfg.stage1.output_dir))
-        s = run_stage2(cfg, feats, cfg.stage2.output_dir,  # stage 1's encoder/decoder when it saved them
-                       start_from=start if (start / "sonar_encoder.pth").is_file() else None)
+        from sonar_thesis.finetune import stage_files
+        s = run_stage2(cfg, feats, cfg.stage2.output_dir,  # stage 1's encoder/decoder (written or recorded)
+                       start_from=start if any(stage_files(start)[k] for k in ("encoder", "decoder")) else None)
     typer.echo(f"stage {stage}: best target-val BLEU-4 {s['best_bleu_4_target_val']:.2f} at step {s['best_step']}")
 
 # %% ../nbs/16_cli.ipynb #d7be458d

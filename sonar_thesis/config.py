@@ -19,11 +19,11 @@ from ruamel.yaml.error import YAMLError
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['RENAMED', 'PRESETS', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset', 'SynthDomainConfig',
-           'SynthConfig', 'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig', 'HardwareConfig',
-           'LoggingConfig', 'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config', 'LandmarksConfig',
-           'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'yaml12', 'read_yaml',
-           'load_config', 'save_config', 'apply_overlay']
+__all__ = ['RENAMED', 'PRESETS', 'OptimizerName', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset',
+           'SynthDomainConfig', 'SynthConfig', 'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig',
+           'HardwareConfig', 'LoggingConfig', 'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config',
+           'LandmarksConfig', 'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'yaml12',
+           'read_yaml', 'load_config', 'save_config', 'apply_overlay']
 
 # %% ../nbs/00_config.ipynb #8638b211
 class ConfigError(ValueError):
@@ -196,15 +196,26 @@ class ModelConfig:
     tokenizer_vocab_size: int = 400        # synthetic only: SentencePiece trained on the synthetic train text
     target_lang: str = "eng_Latn"
     beam_size: int = 5
-    max_len: int = 128                     # generated tokens
+    max_len: int = 0                       # extra cap on generated positions (EOS included); 0 = none: the decoder's
+                                           # reference rule, max_seq_len - 3 tokens + EOS (published: 509 + EOS)
     length_penalty: float = 1.0
     dropout: float = 0.1                   # encoder dropout while fine-tuning (published: 0)
 
+    def __post_init__(self):
+        if self.max_len < 0:
+            raise ConfigError(f"model.max_len: must be >= 0 (0 = the decoder's own length limit), got {self.max_len}")
+
 # %% ../nbs/00_config.ipynb #05f44e5d
+OptimizerName = Literal["adamw", "adamw8bit", "adafactor"]   # 08_trainer: 8-bit moments (bitsandbytes); relative-lr Adafactor
+
+def _check_optimizer(key: str, name: str) -> None:
+    if name not in typing.get_args(OptimizerName):
+        raise ConfigError(f"{key}: expected one of {list(typing.get_args(OptimizerName))}, got {name!r}")
+
 @dataclass
 class TrainingConfig:
     """The shared training loop (08_trainer)."""
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: OptimizerName = "adamw"     # every stage but stage 2, which has its own (stage2.optimizer)
     weight_decay: float = 0.01             # none on biases and norm weights
     warmup_steps: int = 1000               # linear warmup, then cosine decay to min_lr
     min_lr: float = 1e-7
@@ -220,6 +231,9 @@ class TrainingConfig:
     length_bucketing: bool = True          # batches of similar length: less padding
     max_val_samples: int = 0               # 0 = the whole validation split (smaller = faster evals)
     val_beam_size: int = 1                 # greedy during training; the evaluate stage uses beam 5
+
+    def __post_init__(self):
+        _check_optimizer("training.optimizer", self.optimizer)
 
 @dataclass
 class HardwareConfig:
@@ -288,7 +302,14 @@ class Stage2Config(StageConfig):
     batch_size: int = 32
     gradient_accumulation_steps: int = 1
     embedding_loss_weight: float = 0.0    # > 0: + weight * squared distance to model.text_encoder's embedding of the reference
+    freeze_embeddings: bool = True        # the decoder's tied embedding/output projection (sonar: 256,206 x 1024 = 262 M)
+    optimizer: OptimizerName = "adamw8bit"  # stage 2's own (replaces training.optimizer): fits one 24 GB GPU, see 10_finetune
     output_dir: str = "models/stage2"
+
+    def __post_init__(self):
+        _check_optimizer("stage2.optimizer", self.optimizer)
+        if self.learning_rate <= 0:
+            raise ConfigError(f"stage2.learning_rate: must be > 0, got {self.learning_rate}")
 
 @dataclass
 class LandmarksConfig(StageConfig):

@@ -13,15 +13,15 @@ import torch.nn as nn
 
 from .checkpoints import save_published
 from .config import Config, load_config
-from .io import write_json
+from .io import read_json, write_json
 from .trainer import inputs_fingerprint, load_weights, resolve_device, setup_distributed, train
 from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
                                     bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
                                     load_pretrained, translate_manifests)
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'ABLATION_DIR', 'Stage1Stack', 'Stage2Model', 'stage1_model', 'stage2_model', 'run_stage1', 'run_stage2',
-           'system_paths', 'predict_system']
+__all__ = ['PUBLISHED_NAMES', 'SYSTEMS', 'ABLATION_DIR', 'Stage1Stack', 'Stage2Model', 'stage1_model', 'stage2_model',
+           'save_trained', 'stage_files', 'run_stage1', 'run_stage2', 'system_paths', 'predict_system']
 
 # %% ../nbs/10_finetune.ipynb #3e81461b
 class Stage1Stack(FrozenEval, SignStack):
@@ -29,6 +29,12 @@ class Stage1Stack(FrozenEval, SignStack):
 
 class Stage2Model(FeatureModel):
     """Stage 2's model: `FeatureModel` (fully frozen sub-modules stay in eval mode; optional embedding loss)."""
+    def train(self, mode: bool = True):
+        super().train(mode)
+        dec = self.translator.decoder
+        if mode and dec.training:  # a frozen embedding table keeps its dropout: the trained layers' input dropout
+            dec.decoder_frontend.train()
+        return self
 
 def stage1_model(models, cfg: Config) -> Stage1Stack:
     """Pretrained stack with the stage-1 freezing applied."""
@@ -43,7 +49,35 @@ def stage2_model(models, cfg: Config) -> Stage2Model:
     tr = models.translator
     freeze(tr.encoder, False)
     freeze(tr.decoder, cfg.stage2.freeze_decoder)
+    if cfg.stage2.freeze_embeddings:  # tied: the output projection is the same tensor
+        freeze(tr.decoder.decoder_frontend.embed, True)
     return Stage2Model(tr, cfg.training.label_smoothing, cfg.stage2.embedding_loss_weight)
+
+# %% ../nbs/10_finetune.ipynb #54937da6
+PUBLISHED_NAMES = dict(signhiera="signhiera.pth", encoder="sonar_encoder.pth", decoder="sonar_text_decoder.pt")
+
+def save_trained(out: str | Path, modules: dict[str, nn.Module], started_from: dict[str, str]) -> dict[str, str]:
+    """Write each module with a trainable parameter to `out` (published layout); for a fully frozen one,
+    delete a stale file and name the file it `started_from` instead → {kind: path}."""
+    files = {}
+    for kind, module in modules.items():
+        path = Path(out) / PUBLISHED_NAMES[kind]
+        if any(p.requires_grad for p in module.parameters()):
+            files[kind] = str(save_published(module, path))
+        else:
+            path.unlink(missing_ok=True)
+            files[kind] = str(started_from[kind])
+    return files
+
+def stage_files(folder: str | Path) -> dict[str, str | None]:
+    """The file standing for each model (`PUBLISHED_NAMES`) in a stage folder: its own, else the one its
+    summary's `files` records (the untrained model's starting file), else None."""
+    folder, recorded = Path(folder), {}
+    for name in ("stage1.json", "stage2.json"):
+        if (folder / name).is_file():
+            recorded.update(read_json(folder / name).get("files", {}))
+    return {k: str(folder / n) if (folder / n).is_file() else recorded.get(k) for k, n in PUBLISHED_NAMES.items()}
+
 
 # %% ../nbs/10_finetune.ipynb #600f9c5b
 def _validator(ds, collate, models, cfg):
@@ -72,14 +106,15 @@ def run_stage1(cfg: Config, progress: bool = True) -> dict:
         load_weights(model, result.best_checkpoint)
     model = model.cpu()
     save_published(model.signhiera, out / "signhiera.pth")
-    # stage 2 starts from these (identical to the pretrained files when stage 1 kept them frozen)
-    save_published(model.translator.encoder, out / "sonar_encoder.pth")
-    save_published(model.translator.decoder, out / "sonar_text_decoder.pt")
+    # stage 2 starts from these: the encoder/decoder files only when trained here, else the pretrained ones
+    files = dict(signhiera=str(out / "signhiera.pth"), **save_trained(
+        out, dict(encoder=model.translator.encoder, decoder=model.translator.decoder),
+        dict(encoder=cfg.model.encoder, decoder=cfg.model.decoder)))
     summary = dict(best_bleu_4_target_val=result.best_metric, best_step=result.best_step, steps=result.steps,
                    stopped_early=result.stopped_early, trainable_params=sum(p.numel() for p in model.parameters()
                                                                              if p.requires_grad),
                    trained=dict(encoder=cfg.stage1.train_encoder, decoder=cfg.stage1.train_decoder),
-                   synthetic=cfg.is_synthetic, signhiera=str(out / "signhiera.pth"))
+                   synthetic=cfg.is_synthetic, signhiera=str(out / "signhiera.pth"), files=files)
     write_json(out / "stage1.json", summary)
     return summary
 
@@ -88,12 +123,18 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, star
                progress: bool = True) -> dict:
     """Train the SONAR encoder (+ decoder) on `features_root/target/{train,val}`; save in published layouts.
 
-    `start_from`: a folder with `sonar_encoder.pth` + `sonar_text_decoder.pt` to start from (stage 1's);
-    default the pretrained files of `cfg.model`."""
+    `start_from`: a stage folder to start from (stage 1's): the encoder/decoder it wrote, or the files its
+    summary records it left untrained (`stage_files`); default the pretrained files of `cfg.model`."""
     torch.manual_seed(cfg.seed)
     teacher = cfg.stage2.embedding_loss_weight > 0
-    init = dict(encoder=None, decoder=None) if start_from is None else dict(
-        encoder=str(Path(start_from) / "sonar_encoder.pth"), decoder=str(Path(start_from) / "sonar_text_decoder.pt"))
+    init = dict(encoder=None, decoder=None)
+    if start_from is not None:
+        found = stage_files(start_from)
+        for kind in init:
+            if not found[kind]:
+                raise FileNotFoundError(f"{Path(start_from) / PUBLISHED_NAMES[kind]}: stage 1 neither wrote it nor "
+                                        f"recorded its starting file in stage1.json — run stage 1 first")
+            init[kind] = found[kind]
     models = load_pretrained(cfg, text_encoder=teacher, **init)
     tok, lang, out = models.tokenizer, cfg.model.target_lang, Path(out_dir)
     feats = Path(features_root) / "target"
@@ -108,7 +149,8 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, star
             if isinstance(m, nn.Dropout):
                 m.p = cfg.model.dropout
     model = stage2_model(models, cfg)
-    result = train(model, train_ds, out / "run", stage=cfg.stage2, training=cfg.training, hardware=cfg.hardware,
+    training = replace(cfg.training, optimizer=cfg.stage2.optimizer)   # stage 2's own optimizer (memory)
+    result = train(model, train_ds, out / "run", stage=cfg.stage2, training=training, hardware=cfg.hardware,
                    logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
                    validate=_validator(val_ds, collate_features, models, cfg), progress=progress,
                    fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", init["encoder"] or cfg.model.encoder,
@@ -116,11 +158,13 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, star
                                     + ([cfg.model.text_encoder] if teacher else []))))
     if result.best_checkpoint:
         load_weights(model, result.best_checkpoint)
-    save_published(model.translator.encoder.cpu(), out / "sonar_encoder.pth")
-    save_published(model.translator.decoder.cpu(), out / "sonar_text_decoder.pt")
+    tr = model.translator.cpu()
+    files = save_trained(out, dict(encoder=tr.encoder, decoder=tr.decoder),
+                         dict(encoder=init["encoder"] or cfg.model.encoder, decoder=init["decoder"] or cfg.model.decoder))
     summary = dict(best_bleu_4_target_val=result.best_metric, best_step=result.best_step, steps=result.steps,
                    stopped_early=result.stopped_early, features=str(features_root),
-                   start_from=str(start_from) if start_from else "pretrained", synthetic=cfg.is_synthetic)
+                   start_from=str(start_from) if start_from else "pretrained", synthetic=cfg.is_synthetic,
+                   optimizer=cfg.stage2.optimizer, freeze_embeddings=cfg.stage2.freeze_embeddings, files=files)
     write_json(out / "stage2.json", summary)
     return summary
 
@@ -135,7 +179,12 @@ ABLATION_DIR = "models/ablation"
 def system_paths(cfg: Config, system: str) -> tuple[str | None, str | None, str | None]:
     """Checkpoint paths of a system (None = pretrained)."""
     dirs = dict(stage1=cfg.stage1.output_dir, stage2=cfg.stage2.output_dir, ablation=ABLATION_DIR)
-    return tuple(p.format(**dirs) if p else None for p in SYSTEMS[system])
+    def resolve(p: str | None) -> str | None:   # a model the stage left frozen: the file its summary records
+        if p is None or Path(p).is_file():
+            return p
+        kind = {n: k for k, n in PUBLISHED_NAMES.items()}[Path(p).name]
+        return stage_files(Path(p).parent)[kind] or p     # neither: load_pretrained names the missing file
+    return tuple(resolve(p.format(**dirs) if p else None) for p in SYSTEMS[system])
 
 def predict_system(cfg: Config, system: str, domains: tuple[str, ...] = ("target",), split: str = "test",
                    out_root: str | Path = "predictions", limit: int = 0, progress: bool = True) -> dict:

@@ -15,6 +15,7 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import T5Config, T5Model
 
 from .io import atomic_write
@@ -328,6 +329,7 @@ class SonarTextDecoder(nn.Module):
         self.decoder_frontend = DecoderFrontend(cfg)
         self.decoder = TransformerDecoder(cfg)
         self.final_proj = TiedProjection(self.decoder_frontend.embed.weight)
+        self.gradient_checkpointing = False   # teacher forcing in training: recompute each layer in backward
         self.register_load_state_dict_post_hook(SonarTextDecoder._retie_after_load)
         self.reset_parameters()
 
@@ -381,7 +383,11 @@ class SonarTextDecoder(nn.Module):
         else:
             cache_in = cache
         x = self.decoder_frontend(tokens, start=cache.step)              # [B, T] -> [B, T, D]
+        recompute = self.gradient_checkpointing and cache_in is None and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.decoder.layers):
+            if recompute:                                                # keep only each layer's input
+                x, kv = checkpoint(layer, x, cache.cross_kv[i], None, use_reentrant=False)
+                continue
             x, kv = layer(x, cache.cross_kv[i], cache.self_kv[i])
             if cache_in is not None:
                 cache.self_kv[i] = kv

@@ -36,8 +36,9 @@ from .io import atomic_path, read_json, sha256sum, write_json
 __all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_device', 'resolve_precision', 'autocast_context', 'DistInfo',
            'setup_distributed', 'BucketBatchSampler', 'param_groups', 'make_optimizer', 'WarmupCosine',
            'effective_warmup', 'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'rng_state',
-           'set_rng_state', 'seed_everything', 'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo',
-           'set_gradient_checkpointing', 'inputs_fingerprint', 'model_signature', 'train']
+           'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference', 'load_trimmed',
+           'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo', 'set_gradient_checkpointing',
+           'inputs_fingerprint', 'model_signature', 'train']
 
 # %% ../nbs/08_trainer.ipynb #d3a52ef5
 @runtime_checkable
@@ -277,9 +278,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, with the decay rule above."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
+    """`training.optimizer` over the trainable parameters, with the decay rule above (see the table)."""
+    groups = param_groups(model, weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=lr)
+    if name == "adamw8bit":
+        try:
+            from bitsandbytes.optim import AdamW8bit
+        except ImportError:
+            raise ImportError("training.optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes), "
+                              "or choose adamw / adafactor") from None
+        return AdamW8bit(groups, lr=lr)
+    raise ValueError(f"training.optimizer: expected adamw | adafactor | adamw8bit, got {name!r}")
 
 # %% ../nbs/08_trainer.ipynb #c5f9160d
 @dataclass
@@ -327,13 +340,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load the `model` entry of a trainer checkpoint (`best.pt`, `last.pt`, `checkpoints/*.pt`) into `model`."""
-    model.load_state_dict(load_checkpoint(path)["model"], strict=strict)
+    """Load the `model` entry of a trainer checkpoint (`best.pt`, `last.pt`, `checkpoints/*.pt`) into `model`;
+    the frozen tensors a checkpoint leaves out are checked against its `frozen` reference (see below)."""
+    ck = load_checkpoint(path)
+    if ck.get("frozen"):
+        load_trimmed(model, ck["model"], ck["frozen"], where=str(path))
+    else:
+        model.load_state_dict(ck["model"], strict=strict)
     return model
 
 
-def _cpu_state_dict(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def _cpu_state_dict(model: nn.Module, keys: Iterable[str] | None = None) -> dict:
+    """CPU copies of the state dict (only `keys` when given); a tied tensor is copied once, so saved once."""
+    sd = model.state_dict(keep_vars=True)
+    copies: dict[int, torch.Tensor] = {}
+    for k in (sd if keys is None else keys):
+        if id(sd[k]) not in copies:
+            copies[id(sd[k])] = sd[k].detach().to("cpu", copy=True)
+    return {k: copies[id(sd[k])] for k in (sd if keys is None else keys)}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -377,6 +401,56 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+# %% ../nbs/08_trainer.ipynb #2aee4611
+def split_state_keys(model: nn.Module) -> tuple[list[str], list[str]]:
+    """State-dict keys → (kept in checkpoints: trainable parameters and every buffer, frozen parameters)."""
+    kept, frozen = [], []
+    for k, v in model.state_dict(keep_vars=True).items():
+        (frozen if isinstance(v, nn.Parameter) and not v.requires_grad else kept).append(k)
+    return kept, frozen
+
+
+def frozen_reference(model: nn.Module, keys: Sequence[str]) -> dict:
+    """`{"keys", "numel", "sha256"}` of the frozen tensors `keys` (name, dtype, shape and bytes; tied ones once)."""
+    sd = model.state_dict(keep_vars=True)
+    if absent := [k for k in keys if k not in sd]:
+        raise KeyError(f"the model has no {absent[0]!r} ({len(absent)} frozen keys of the checkpoint are missing) "
+                       f"— it is not the model the checkpoint was trained with")
+    h, seen, numel = hashlib.sha256(), {}, 0
+    for k in keys:
+        t = sd[k]
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        if id(t) in seen:
+            h.update(f"={seen[id(t)]}\n".encode())
+            continue
+        seen[id(t)], numel = k, numel + t.numel()
+        flat = t.detach().reshape(-1).contiguous().cpu()
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+    return {"keys": list(keys), "numel": numel, "sha256": h.hexdigest()}
+
+
+def load_trimmed(model: nn.Module, state: Mapping[str, torch.Tensor], frozen: Mapping | None,
+                 where: str = "checkpoint", verify: bool = True) -> nn.Module:
+    """Load a checkpoint's model entry that leaves out `frozen["keys"]`, after checking the model's frozen
+    tensors are the ones it was trained on (`verify`); without `frozen`, a plain strict load."""
+    if not frozen:
+        model.load_state_dict(state)
+        return model
+    if verify:
+        now = frozen_reference(model, frozen["keys"])["sha256"]
+        if now != frozen["sha256"]:
+            raise RuntimeError(f"{where}: the model's frozen parameters are not the ones this checkpoint was trained "
+                               f"on (sha256 {now[:12]} ≠ {frozen['sha256'][:12]}) — build the model from the same "
+                               f"starting checkpoint files, or delete the run folder to train afresh")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != set(frozen["keys"]):
+        extra = sorted(unexpected) or sorted(set(missing) ^ set(frozen["keys"]))
+        raise RuntimeError(f"{where}: its keys do not match the model's trainable part (e.g. {extra[:3]}) — "
+                           f"it was written for another model or another freezing")
+    return model
+
 
 # %% ../nbs/08_trainer.ipynb #a159b916
 def metric_direction(name: str) -> Literal["max", "min"]:
@@ -471,21 +545,33 @@ class StepInfo:
 DONE_FILE = "train_done.json"
 
 # %% ../nbs/08_trainer.ipynb #196c26e8
-def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> bool:
-    """Toggle gradient checkpointing on a model that supports it; returns whether it could."""
-    if enabled and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+def _switch_checkpointing(m: nn.Module, enabled: bool) -> bool:
+    for on, off in (("activation_checkpointing_enable", "activation_checkpointing_disable"),  # transformers 5
+                    ("gradient_checkpointing_enable", "gradient_checkpointing_disable")):
+        if hasattr(m, on if enabled else off):
+            getattr(m, on if enabled else off)()
+            return True
+    if isinstance(getattr(m, "gradient_checkpointing", None), bool):
+        m.gradient_checkpointing = enabled
         return True
-    if not enabled and hasattr(model, "gradient_checkpointing_disable"):
-        model.gradient_checkpointing_disable()
-        return True
-    if hasattr(model, "gradient_checkpointing") and not callable(model.gradient_checkpointing):
-        model.gradient_checkpointing = enabled
-        return True
-    if enabled:
-        warnings.warn(f"training.gradient_checkpointing is true but {type(model).__name__} has neither "
-                      f"gradient_checkpointing_enable() nor a gradient_checkpointing attribute; ignored")
     return False
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> list[str]:
+    """Toggle gradient checkpointing on `model`, or else on every outermost sub-module that has a switch
+    (Hugging Face models, SignHiera, the SONAR text decoder); returns the names of the switched modules."""
+    switched = []
+    def visit(m: nn.Module, name: str) -> None:
+        if _switch_checkpointing(m, enabled):
+            switched.append(name or type(m).__name__)
+            return
+        for child_name, child in m.named_children():
+            visit(child, f"{name}.{child_name}" if name else child_name)
+    visit(model, "")
+    if enabled and not switched:
+        warnings.warn(f"training.gradient_checkpointing is true but neither {type(model).__name__} nor any of its "
+                      f"sub-modules has gradient_checkpointing_enable() or a gradient_checkpointing attribute; ignored")
+    return switched
 
 
 def inputs_fingerprint(paths: Iterable[str | Path]) -> str:
@@ -655,6 +741,8 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
     fp = _fingerprint(stage, training, hardware, seed, n, sampler.global_batch_size, max_steps, fingerprint, model)
     last_path, best_path, done_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / DONE_FILE
     ckpt_dir = out_dir / "checkpoints"
+    kept_keys, frozen_keys = split_state_keys(model)   # checkpoints hold the kept part + a reference to the rest
+    frozen_ref = frozen_reference(model, frozen_keys) if (frozen_keys and info.is_main) else None
 
     # ---- done / resume / fresh: rank 0 decides, everyone follows
     decision, ckpt = None, None
@@ -670,6 +758,9 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
             ckpt = load_checkpoint(last_path)
             if ckpt.get("fingerprint") == fp:
                 decision = "resume"
+                saved_ref = ckpt.get("frozen")      # None: a full state dict (nothing frozen, or format 1)
+                if saved_ref and saved_ref["sha256"] != (frozen_ref or {}).get("sha256"):
+                    decision = "frozen_changed"
             else:
                 ckpt = None
                 _say(f"{last_path} is from other settings (fingerprint differs); training afresh")
@@ -679,6 +770,10 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
     decision, has_validate = _broadcast((decision, validate is not None), info)
+    if decision == "frozen_changed":
+        raise RuntimeError(f"{last_path}: the model's frozen parameters are not the ones this run started from "
+                           f"(the pretrained/starting checkpoint changed) — restore those files, or delete "
+                           f"{out_dir} to train afresh")
     if decision == "done":
         done = read_json(done_path)
         _say(f"{done_path} exists: training already finished (best {done['metric']} = {done['best_metric']})", info)
@@ -688,7 +783,7 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
     precision = resolve_precision(hardware.mixed_precision, device)
     model.to(device)
     set_gradient_checkpointing(model, training.gradient_checkpointing)
-    optimizer = make_optimizer(model, stage.learning_rate, training.weight_decay)
+    optimizer = make_optimizer(model, stage.learning_rate, training.weight_decay, training.optimizer)
     scheduler = make_scheduler(optimizer, stage.learning_rate, training.min_lr, training.warmup_steps, total_steps,
                                warmup_cap_fraction)
     warm = scheduler.lr_lambdas[0].warmup_steps
@@ -703,7 +798,7 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
     stopped_early = finished = False
     if decision == "resume":
         ckpt = ckpt if ckpt is not None else load_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
+        load_trimmed(model, ckpt["model"], ckpt.get("frozen"), where=str(last_path), verify=False)  # rank 0 verified
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -751,8 +846,8 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
             name = f"step-{global_step:08d}.pt"
             upd = tracker.update(global_step, epoch_now, metrics, name)
             if upd["keep"]:
-                save_checkpoint(ckpt_dir / name, {"model": _cpu_state_dict(model), "step": global_step,
-                                                  "epoch": epoch_now, "metrics": metrics,
+                save_checkpoint(ckpt_dir / name, {"model": _cpu_state_dict(model, kept_keys), "frozen": frozen_ref,
+                                                  "step": global_step, "epoch": epoch_now, "metrics": metrics,
                                                   "metric": tracker.metric, "fingerprint": fp})
             if upd["improved"]:
                 _link_or_copy(ckpt_dir / name, best_path)
@@ -774,7 +869,7 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
         states = _all_gather(rng_state(device), info)
         if info.is_main:
             save_checkpoint(last_path, {
-                "format": "sonar_thesis.trainer/1", "model": _cpu_state_dict(model),
+                "format": "sonar_thesis.trainer/2", "model": _cpu_state_dict(model, kept_keys), "frozen": frozen_ref,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": states, "epoch": pos_epoch, "step_in_epoch": pos_step,
                 "global_step": global_step, "total_steps": total_steps, "tracker": tracker.state_dict(),

@@ -109,3 +109,98 @@ def test_missing_text_encoder_names_the_key(tmp_path):
     cfg.model.text_encoder = str(tmp_path / "absent.pt")
     with pytest.raises(FileNotFoundError, match="embedding_loss_weight"):
         _text_encoder_path(cfg)
+
+
+# ---------------------------------------------------------------- stage 2 on one 24 GB GPU (10_finetune)
+def _feature_items(tok, n=4):
+    return [dict(features=torch.randn(7 + i, 256), tgt=tok.encode_target(t), id=str(i), reference=t)
+            for i, t in enumerate(["Mix the flour.", "Cut the paper."] * (n // 2))]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw8bit", "adafactor", "adamw"])
+def test_stage2_frozen_embeddings_stay_frozen_and_the_optimizer_steps(tmp_path, optimizer):
+    if optimizer == "adamw8bit":
+        pytest.importorskip("bitsandbytes")
+    cfg = Config()
+    cfg.stage2.optimizer = optimizer
+    assert cfg.stage2.freeze_embeddings                                   # the default (sonar: 262 M parameters)
+    models = _models(tmp_path)
+    model = stage2_model(models, cfg)
+    dec = model.translator.decoder
+    before = _snapshot(model)
+    torch.set_num_threads(1)
+    stage = replace(cfg.stage2, epochs=2, batch_size=2, learning_rate=1e-2)
+    training = replace(cfg.training, optimizer=cfg.stage2.optimizer, warmup_steps=0, eval_every_n_steps=1000)
+    res = train(model, _feature_items(models.tokenizer), tmp_path / "run", stage=stage, training=training,
+                hardware=HardwareConfig(device="cpu", num_workers=0), logging_cfg=LoggingConfig(),
+                collate_fn=collate_features, lengths=[1] * 4, progress=False, dvclive=False)
+    assert res.steps == 4
+    emb = "translator.decoder.decoder_frontend.embed.weight"
+    assert torch.equal(dec.decoder_frontend.embed.weight, before[emb]) and dec.final_proj.weight is dec.decoder_frontend.embed.weight
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("translator.decoder.decoder.layers.") for n in moved)
+    assert any(n.startswith("translator.encoder.") for n in moved)
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)       # the frozen table is not in last.pt
+    assert emb not in ck["model"] and "translator.decoder.final_proj.weight" not in ck["model"]
+    assert ck["frozen"]["keys"] == [emb, "translator.decoder.final_proj.weight"]
+
+
+def test_stage2_gradient_checkpointing_reaches_encoder_and_decoder(tmp_path):
+    from sonar_thesis.trainer import set_gradient_checkpointing
+    models = _models(tmp_path)
+    model = stage2_model(models, Config()).train()
+    batch = collate_features(_feature_items(models.tokenizer))
+    grads = []
+    for on in (False, True):
+        switched = set_gradient_checkpointing(model, on)
+        assert switched == ["translator.encoder", "translator.decoder"]
+        assert model.translator.decoder.gradient_checkpointing is on and model.translator.encoder.is_activation_checkpointing is on
+        model.zero_grad()
+        torch.manual_seed(1)
+        model.training_loss(batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+
+
+def test_stage2_memory_keys_are_validated():
+    from sonar_thesis.config import ConfigError, Stage2Config, TrainingConfig, from_dict
+    with pytest.raises(ConfigError, match="stage2.optimizer"):
+        from_dict(Config, {"stage2": {"optimizer": "sgd"}})
+    with pytest.raises(ConfigError, match="stage2.freeze_embeddings"):
+        from_dict(Config, {"stage2": {"freeze_embeddings": "yes"}})
+    with pytest.raises(ConfigError, match="training.optimizer"):
+        TrainingConfig(optimizer="lion")
+    with pytest.raises(ConfigError, match="stage2.learning_rate"):
+        Stage2Config(learning_rate=0.0)
+    cfg = from_dict(Config, {"stage2": {"optimizer": "adafactor", "freeze_embeddings": False}})
+    assert (cfg.stage2.optimizer, cfg.stage2.freeze_embeddings, cfg.training.optimizer) == ("adafactor", False, "adamw")
+
+
+def test_frozen_models_are_recorded_not_rewritten(tmp_path):
+    from sonar_thesis.finetune import save_trained, stage_files, system_paths
+    from sonar_thesis.io import write_json
+    models = _models(tmp_path)
+    tr = models.translator
+    cfg = Config()
+    cfg.stage2.output_dir = str(tmp_path / "stage2")
+    cfg.stage2.freeze_decoder = True
+    stage2_model(models, cfg)                                          # freezes the decoder
+    files = save_trained(cfg.stage2.output_dir, dict(encoder=tr.encoder, decoder=tr.decoder),
+                         dict(encoder="pre/enc.pth", decoder="pre/dec.pt"))
+    write_json(tmp_path / "stage2" / "stage2.json", dict(files=files))
+    assert (tmp_path / "stage2" / "sonar_encoder.pth").is_file() and not (tmp_path / "stage2" / "sonar_text_decoder.pt").exists()
+    assert stage_files(tmp_path / "stage2")["decoder"] == "pre/dec.pt"
+    _, enc, dec = system_paths(cfg, "stage2")                         # the evaluation loads the recorded file
+    assert enc == str(tmp_path / "stage2" / "sonar_encoder.pth") and dec == "pre/dec.pt"
+
+
+def test_cli_checkpoint_folder_uses_recorded_files(tmp_path):
+    from sonar_thesis.cli import _system_files
+    from sonar_thesis.io import write_json
+    (tmp_path / "sonar_encoder.pth").write_bytes(b"x")                 # the encoder stage 1 trained
+    write_json(tmp_path / "stage1.json", dict(files=dict(signhiera=str(tmp_path / "signhiera.pth"),
+                                                         encoder=str(tmp_path / "sonar_encoder.pth"),
+                                                         decoder="models/pretrained/sonar_text_decoder.pt")))
+    files = _system_files(Config(), tmp_path)
+    assert files["encoder"] == str(tmp_path / "sonar_encoder.pth")
+    assert files["decoder"] == "models/pretrained/sonar_text_decoder.pt"   # frozen in stage 1: the recorded file

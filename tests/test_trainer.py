@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sonar_thesis.config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from sonar_thesis.trainer import StepInfo, load_checkpoint, train
+from sonar_thesis.trainer import StepInfo, load_checkpoint, load_weights, train
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve()
@@ -35,8 +35,10 @@ ROOT = HERE.parents[1]
 class Toy(nn.Module):
     """Variable-length sequences [T, 4] -> scalar; optional dropout (uses the torch RNG) and a frozen input layer."""
 
-    def __init__(self, dropout: float = 0.0, frozen: bool = False):
+    def __init__(self, dropout: float = 0.0, frozen: bool = False, big: bool = False):
         super().__init__()
+        if big:  # a large frozen base (stands for stage 1's frozen SONAR encoder + decoder)
+            self.big = nn.Parameter(torch.randn(512, 512), requires_grad=False)
         self.inp = nn.Linear(4, 8)
         self.proj = nn.Linear(8, 16)
         self.norm = nn.LayerNorm(16)
@@ -94,12 +96,15 @@ def val_loss_const(model):
 VALIDATORS = {"val_loss": val_loss, "val_loss_const": val_loss_const}
 
 
-def run(out, *, batch_size=4, accum=1, epochs=3, n=46, lr=1e-2, dropout=0.0, frozen=False, sleep=0.0,
-        validate=val_loss, on_step=None, resume=True, training=None, fingerprint=None):
+def run(out, *, batch_size=4, accum=1, epochs=3, n=46, lr=1e-2, dropout=0.0, frozen=False, big=False,
+        shift_big=0.0, sleep=0.0, validate=val_loss, on_step=None, resume=True, training=None, fingerprint=None):
     """One toy training run on CPU; returns (model, TrainResult)."""
     validate = VALIDATORS[validate] if isinstance(validate, str) else validate
     torch.manual_seed(0)
-    model = Toy(dropout, frozen)
+    model = Toy(dropout, frozen, big)
+    if shift_big:
+        with torch.no_grad():
+            model.big[0, 0] += shift_big      # another frozen base under the same settings
     data = ToyData(n)
     tr = {"warmup_steps": 4, "min_lr": 1e-4, "weight_decay": 0.1, "eval_every_n_steps": 5,
           "save_every_n_steps": 4, "save_total_limit": 2, "early_stopping_patience": 0,
@@ -224,6 +229,63 @@ def test_frozen_params_bit_identical(tmp_path):
     assert not any(n.startswith("inp.") for n in names)
     nodecay = next(g for g in opt["param_groups"] if g["weight_decay"] == 0.0)["names"]
     assert sorted(nodecay) == ["head.bias", "norm.bias", "norm.weight", "proj.bias"]
+
+
+def test_frozen_base_left_out_of_checkpoints_resumed_exactly_and_verified(tmp_path):
+    kw = dict(frozen=True, big=True, batch_size=2, accum=2, dropout=0.2)
+    ref_model, ref = run(tmp_path / "ref", **kw)
+    trainable = {n for n, p in ref_model.named_parameters() if p.requires_grad}
+    big_bytes = 512 * 512 * 4
+    files = [tmp_path / "ref" / "last.pt", tmp_path / "ref" / "best.pt", *(tmp_path / "ref" / "checkpoints").glob("*.pt")]
+    assert len(files) == 4
+    for path in files:
+        ck = load_checkpoint(path)
+        assert set(ck["model"]) == trainable, path                   # no frozen tensor in the file ...
+        assert ck["frozen"]["keys"] == ["big", "inp.weight", "inp.bias"] and ck["frozen"]["numel"] == 512 * 512 + 4 * 8 + 8
+        assert path.stat().st_size < big_bytes / 4, (path, path.stat().st_size)   # ... far smaller than the base
+
+    def boom(info: StepInfo):
+        if info.step == 7:
+            raise _Kill
+    with pytest.raises(_Kill):
+        run(tmp_path / "run", on_step=boom, **kw)
+    model, res = run(tmp_path / "run", **kw)                         # resumes from the trimmed last.pt
+    assert_same_weights(model.state_dict(), ref_model.state_dict(), exact=True)
+    assert res.history == ref.history
+
+    with pytest.raises(_Kill):
+        run(tmp_path / "changed", on_step=boom, **kw)
+    with pytest.raises(RuntimeError, match="frozen parameters are not the ones this run started from"):
+        run(tmp_path / "changed", shift_big=1e-3, **kw)             # the frozen base changed under the run
+    torch.manual_seed(0)
+    other = Toy(frozen=True, big=True)                               # the same base: best.pt loads
+    assert torch.equal(load_weights(other, tmp_path / "ref" / "best.pt").head.weight,
+                       load_checkpoint(tmp_path / "ref" / "best.pt")["model"]["head.weight"])
+    with torch.no_grad():
+        other.big[0, 0] += 1e-3
+    with pytest.raises(RuntimeError, match="frozen parameters are not the ones this checkpoint was trained on"):
+        load_weights(other, tmp_path / "ref" / "best.pt")
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw8bit"])
+def test_memory_saving_optimizers_train_and_resume_exactly(tmp_path, optimizer):
+    if optimizer == "adamw8bit":
+        pytest.importorskip("bitsandbytes")
+    kw = dict(batch_size=2, accum=2, dropout=0.2, lr=1e-2, training={"optimizer": optimizer})
+    torch.manual_seed(0)
+    init = Toy(0.2).state_dict()
+    ref_model, ref = run(tmp_path / "ref", **kw)
+    assert not torch.equal(ref_model.state_dict()["proj.weight"], init["proj.weight"])    # it steps
+    assert ref.history[-1]["val_loss"] < ref.history[0]["val_loss"]                       # and learns
+
+    def boom(info: StepInfo):
+        if info.step == 13:
+            raise _Kill
+    with pytest.raises(_Kill):
+        run(tmp_path / "run", on_step=boom, **kw)
+    model, res = run(tmp_path / "run", **kw)
+    assert_same_weights(model.state_dict(), ref_model.state_dict(), exact=True)
+    assert res.history == ref.history
 
 
 # ---------------------------------------------------------------- (4) best-k and best.pt
