@@ -14,9 +14,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'write_json', 'read_json', 'sha256sum', 'write_tsv', 'read_tsv']
+__all__ = ['MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'save_torch', 'write_json', 'read_json', 'sha256sum', 'write_tsv',
+           'read_tsv']
 
 # %% ../nbs/00a_io.ipynb #6f79621e
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+_FILE_MODE = 0o666 & ~_umask()   # what open() would give: mkstemp's 0600 would hide outputs from a group
+
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give the finished temp file ordinary permissions and rename it onto `path`."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[Any]:
     """Open a temp file beside `path`; rename it onto `path` only if the block finishes."""
@@ -28,7 +41,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[A
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -44,11 +57,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+# %% ../nbs/00a_io.ipynb #68f9172e
+def save_torch(obj: Any, path: str | Path) -> Path:
+    """`torch.save` atomically and reproducibly: same object, same bytes.
+
+    Given a file name, torch.save records it inside the archive (`<stem>/data.pkl`), so a random temp name
+    would make every file different; through a file object the archive is always named `archive`."""
+    import torch
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 # %% ../nbs/00a_io.ipynb #1ce44d4c
 def write_json(path: str | Path, obj: Any) -> Path:
