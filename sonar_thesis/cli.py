@@ -157,10 +157,29 @@ def _check_video(path: Path) -> None:
     except Exception as e:
         raise ValueError(f"{path}: not a readable video ({type(e).__name__}: {e}) — re-encode it or check the download") from None
 
+def _translate_items(videos: list[Path], manifest: Optional[Path]) -> list[tuple[str, Path]]:
+    """(id, file) per video: a file's stem (its path when stems repeat), then the manifest's rows (id, video_path)."""
+    from sonar_thesis.io import read_tsv
+    from sonar_thesis.video import resolve_video_path
+    stems = [v.stem for v in videos]
+    items = [(s if stems.count(s) == 1 else str(v), v) for s, v in zip(stems, videos)]
+    if manifest is not None:
+        items += [(r["id"], resolve_video_path(manifest, r["video_path"]))
+                  for r in read_tsv(manifest, required=("id", "video_path"))]
+    if not items:
+        raise ValueError("no video to translate: give VIDEO … and/or --manifest TSV (columns id, video_path)")
+    return items
+
+def _one_line(video: Path, e: Exception) -> str:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return msg if msg.startswith(str(video)) else f"{video}: cannot translate ({type(e).__name__}: {msg})"
+
 @app.command()
 @cli_errors
 def translate(
-    video: Path = typer.Argument(..., help="A sentence clip (any resolution; the signer is cropped automatically)."),
+    videos: Optional[list[Path]] = typer.Argument(None, help="Sentence clips (any resolution; the signer is cropped automatically)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Also every row of this TSV (id, video_path; paths relative to the TSV's folder)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Also write a TSV: id, video_path, text, error, milliseconds per component."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Target language, FLORES-200 code (default: model.target_lang, eng_Latn)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Fine-tuned folder/file (default: the pretrained models)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="The clip is already a signer crop."),
@@ -169,24 +188,42 @@ def translate(
     timings: bool = typer.Option(False, "--timings", help="Also print milliseconds per component."),
     params: Optional[Path] = PARAMS_OPT,
 ):
-    """Translate one sign-language video into a sentence (SignHiera → SONAR ASL encoder → SONAR text decoder)."""
-    from sonar_thesis.translate import load_pretrained, translate_video
+    """Translate sign-language videos into sentences (SignHiera → SONAR ASL encoder → SONAR text decoder); the models load once."""
+    from sonar_thesis.io import write_tsv
+    from sonar_thesis.translate import TIMING_COLUMNS, load_pretrained, translate_video
     from sonar_thesis.trainer import resolve_device
     cfg = config_from(params)
     if lang:
         cfg.model.target_lang = lang
     if beam_size:
         cfg.model.beam_size = beam_size
-    _check_video(video)
+    items = _translate_items(list(videos or []), manifest)
+    single = len(items) == 1 and manifest is None          # one video: just the sentence, as before
+    if single:
+        _check_video(items[0][1])                          # one clear line before minutes of model loading
     dev = resolve_device(device or cfg.hardware.device)
     models = load_pretrained(cfg, device=dev, **_system_files(cfg, checkpoint))
-    try:
-        text, t = translate_video(video, models, cfg, crop=not no_crop, device=dev)
-    except Exception as e:  # decoding errors name the file; keep them one line
-        raise ValueError(f"{video}: cannot translate ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    typer.echo(text)
-    if timings:
-        typer.echo("  ".join(f"{k[2:]}={v:.0f}ms" for k, v in t.items()), err=True)
+    rows, failed = [], 0
+    for vid, path in items:
+        try:
+            if not single:
+                _check_video(path)
+            text, t = translate_video(path, models, cfg, crop=not no_crop, device=dev)
+        except Exception as e:  # decoding errors name the file; keep them one line
+            if single:
+                raise ValueError(_one_line(path, e)) from None
+            failed += 1
+            typer.echo(f"error: {_one_line(path, e)}", err=True)
+            rows.append(dict(id=vid, video_path=str(path), text="", error=_one_line(path, e)))
+        else:
+            typer.echo(text if single else f"{vid}\t{text}")
+            if timings:
+                typer.echo(("" if single else f"{vid}: ") + "  ".join(f"{k[2:]}={v:.0f}ms" for k, v in t.items()), err=True)
+            rows.append(dict(id=vid, video_path=str(path), text=text, error="", **{k: f"{v:.2f}" for k, v in t.items()}))
+        if output is not None:                             # rewritten after every video: a killed run keeps its lines
+            write_tsv(output, rows, ("id", "video_path", "text", "error") + TIMING_COLUMNS)
+    if failed:
+        raise ValueError(f"{failed} of {len(items)} videos could not be translated (error lines above)")
 
 # %% ../nbs/16_cli.ipynb #a3071ed7
 @app.command()
