@@ -463,13 +463,16 @@ class LandmarkT5(nn.Module):
                      max_len: int = 128, length_penalty: float = 1.0,
                      encoder_outputs=None,          # `encode(features, mask)`'s result, when already computed
                      ) -> torch.Tensor:
-        """Beam search from `prompt` (`[</s>, lang]`) → ids `[B, T]` (prompt included, padded after `</s>`)."""
+        """Beam search from `prompt` (`[</s>, lang]`) → ids `[B, T]` (prompt included, padded after `</s>`).
+        `max_len`: new tokens, EOS included; 0 (`model.max_len`'s default) = the published SONAR decoder's limit,
+        512 positions − prompt, so that both systems may write equally long sentences."""
         from transformers import GenerationConfig
         was_training = self.training
         self.eval()
         try:
             B = features.shape[0]
-            gen = GenerationConfig(num_beams=beam_size, max_new_tokens=max_len, length_penalty=length_penalty,
+            max_new = max_len if max_len > 0 else 512 - len(prompt)
+            gen = GenerationConfig(num_beams=beam_size, max_new_tokens=max_new, length_penalty=length_penalty,
                                    do_sample=False, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
                                    decoder_start_token_id=EOS_ID)
             enc, enc_mask = encoder_outputs if encoder_outputs is not None else self.encode(features, mask)

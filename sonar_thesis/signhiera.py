@@ -14,8 +14,10 @@
 # no upstream code is copied. What changes versus Hiera:
 #   * input 128 x 224 x 224 frames, sep_pos_embed (pos_embed_spatial [1, 56*56, C] + pos_embed_temporal
 #     [1, 64, C]); clips shorter than input_size[0] frames are accepted (temporal embedding sliced);
-#   * padding_mask [B, T] (True = padded frame): padded frames are zeroed before the patch conv and their
-#     mask units are excluded as attention keys in the global blocks, so valid features never see padding;
+#   * padding_mask [B, T] (True = padded frame; the reference takes a count p of trailing padded frames):
+#     the floor(p/2) fully padded 2-frame mask units are zeroed before the patch conv and excluded as
+#     attention keys in the global blocks; with odd p the first padded frame (a copy of the last real
+#     frame) shares a unit with real frames and stays visible, as in ssvp_slt;
 #   * extract_features: last-stage map [B, T', H', W', C] mean-pooled over space -> [B, T', C] + validity;
 #   * head = Identity (feature extractor), gradient checkpointing, freezing the first blocks.
 # Shapes: B batch, C channels, T frames, T'/H'/W' token grid; N = T'*H'*W' tokens in *unrolled* order.
@@ -33,7 +35,8 @@ from torch.utils.checkpoint import checkpoint
 # %% auto #0
 __all__ = ['HIERA_BASE_128x224', 'SIGNHIERA_TINY', 'SIGNHIERA_SMALL', 'SIGNHIERA_PRESETS', 'SignHieraConfig', 'unroll', 'reroll',
            'pool_tokens', 'MaskUnitAttention', 'DropPath', 'Mlp', 'SignHieraBlock', 'SignHieraFeatures', 'drop_padded',
-           'PatchEmbed', 'SignHiera', 'hiera_base_128x224', 'signhiera_tiny', 'signhiera_small', 'build_signhiera']
+           'padding_mask_from_counts', 'PatchEmbed', 'SignHiera', 'hiera_base_128x224', 'signhiera_tiny',
+           'signhiera_small', 'build_signhiera']
 
 # %% ../nbs/04_signhiera.ipynb #fecdbc6d
 def _triple(v: Sequence[int]) -> tuple[int, int, int]:
@@ -271,16 +274,26 @@ def drop_padded(features: torch.Tensor,   # [B, T', C]
         raise ValueError(f"features {tuple(features.shape)} and valid {tuple(valid.shape)} disagree on [B, T']")
     return [f[v] for f, v in zip(features, valid.bool())]
 
+
+def padding_mask_from_counts(counts: torch.Tensor | Sequence[int],  # [B] padded frames per clip (the reference's input)
+                             num_frames: int,                        # T
+                             ) -> torch.Tensor:                      # [B, T] bool, True = one of the last counts[b] frames
+    """The per-frame mask of the reference's padding counts: the last `p` frames of each clip are padding."""
+    counts = torch.as_tensor(counts, dtype=torch.long).reshape(-1)
+    if bool((counts < 0).any()) or bool((counts > num_frames).any()):
+        raise ValueError(f"padding counts must be in [0, {num_frames}], got {counts.tolist()}")
+    return torch.arange(num_frames, device=counts.device)[None, :] >= (num_frames - counts)[:, None]
+
 # %% ../nbs/04_signhiera.ipynb #f7e62ea4
 class PatchEmbed(nn.Module):
-    """3-D conv patch embedding; zeroes padded frames first."""
+    """3-D conv patch embedding; zeroes the frames of padded mask units first."""
     def __init__(self, in_chans: int, dim: int, kernel: tuple, stride: tuple, padding: tuple):
         super().__init__()
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=kernel, stride=stride, padding=padding)
 
     def forward(self,
                 x: torch.Tensor,                          # [B, C_in, T, H, W]
-                frame_valid: torch.Tensor | None = None,  # [B, T] bool, True = real frame
+                frame_valid: torch.Tensor | None = None,  # [B, T] bool, False = zero this frame (padded unit)
                 ) -> torch.Tensor:                        # [B, dim, T', H', W']
         if frame_valid is not None: x = x * frame_valid[:, None, :, None, None].to(x.dtype)
         return self.proj(x)
@@ -328,18 +341,37 @@ class SignHiera(nn.Module):
                 nn.init.constant_(m.bias, bias)
 
     # ---- padding ---------------------------------------------------------------------------------
+    @property
+    def frames_per_unit(self) -> int:
+        """Frames covered by one temporal mask unit: patch_stride[0] × mask_unit_size[0] (2 for every preset)."""
+        return self.config.patch_stride[0] * self.config.mask_unit_size[0]
+
+    def unit_valid(self,
+                   padding_mask: torch.Tensor,  # [B, T] bool, True = padded frame
+                   ) -> torch.Tensor:           # [B, U] bool, U = ceil(T' / mask_unit_size[0]) temporal mask units
+        """Temporal mask units holding at least one real frame; the others are the padded units."""
+        cfg, span = self.config, self.frames_per_unit
+        B, T = padding_mask.shape
+        Tt = (T + 2 * cfg.patch_padding[0] - cfg.patch_kernel[0]) // cfg.patch_stride[0] + 1
+        n_units = -(-Tt // cfg.mask_unit_size[0])
+        valid = F.pad(~padding_mask, (0, max(0, n_units * span - T)), value=False)[:, : n_units * span]
+        return valid.view(B, n_units, span).any(dim=-1)
+
     def valid_units(self,
                     padding_mask: torch.Tensor,  # [B, T] bool, True = padded frame
                     ) -> torch.Tensor:           # [B, T'] bool, True = token time step holds a real frame
         """Token-level temporal validity, decided per mask unit (any real frame -> valid)."""
-        cfg = self.config
-        B, T = padding_mask.shape
+        cfg, T = self.config, padding_mask.shape[1]
         Tt = (T + 2 * cfg.patch_padding[0] - cfg.patch_kernel[0]) // cfg.patch_stride[0] + 1
-        span = cfg.patch_stride[0] * cfg.mask_unit_size[0]             # frames per mask unit
-        n_units = -(-Tt // cfg.mask_unit_size[0])
-        valid = F.pad(~padding_mask, (0, max(0, n_units * span - T)), value=False)[:, : n_units * span]
-        unit_valid = valid.view(B, n_units, span).any(dim=-1)          # [B, T'/mu_t]
-        return unit_valid.repeat_interleave(cfg.mask_unit_size[0], dim=1)[:, :Tt]
+        return self.unit_valid(padding_mask).repeat_interleave(cfg.mask_unit_size[0], dim=1)[:, :Tt]
+
+    def frame_keep(self,
+                   padding_mask: torch.Tensor,  # [B, T] bool, True = padded frame
+                   ) -> torch.Tensor:           # [B, T] bool, False = zeroed before the patch conv
+        """Frames of the valid mask units (the reference zeroes whole padded units only): with an odd padding
+        count the first padded frame shares a unit with the last real frame and stays visible."""
+        keep = self.unit_valid(padding_mask).repeat_interleave(self.frames_per_unit, dim=1)   # [B, U * span]
+        return keep[:, : padding_mask.shape[1]]
 
     def _check_input(self, x: torch.Tensor, padding_mask: torch.Tensor | None):
         cfg = self.config
@@ -367,7 +399,7 @@ class SignHiera(nn.Module):
         self._check_input(x, padding_mask)
         if padding_mask is not None and not padding_mask.any(): padding_mask = None  # nothing padded: fast path
         B = x.shape[0]
-        frame_valid = None if padding_mask is None else ~padding_mask
+        frame_valid = None if padding_mask is None else self.frame_keep(padding_mask)   # [B, T], whole units
         x = self.patch_embed(x, frame_valid)                         # [B, C, T', H', W']
         size = tuple(x.shape[2:])
         if size[0] % self.config.mask_unit_size[0]:
@@ -396,9 +428,12 @@ class SignHiera(nn.Module):
 
     def extract_features(self,
                          x: torch.Tensor,                             # [B, 3, T, H, W], T <= num_frames
-                         padding_mask: torch.Tensor | None = None,    # [B, T] bool, True = padded frame
+                         padding_mask: torch.Tensor | None = None,    # [B, T] bool, True = padded frame (the last p)
                          ) -> SignHieraFeatures:                      # features [B, T', C], valid [B, T']
-        """Last-stage map mean-pooled over space, and which temporal units are real."""
+        """Last-stage map mean-pooled over space, and which temporal units are real.
+
+        Padded frames should repeat the last real frame (as `iter_windows` pads): with an odd count the first
+        one stays visible, exactly as in the reference; `padding_mask_from_counts` builds the mask from counts."""
         fmap, valid = self._trunk(x, padding_mask)
         feats = fmap.mean(dim=(2, 3))                                 # [B, T', H', W', C] -> [B, T', C]
         if valid is None: valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)

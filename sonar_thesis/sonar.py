@@ -9,7 +9,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import sentencepiece as spm
 import torch
@@ -21,12 +21,12 @@ from transformers import T5Config, T5Model
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['KV', 'TINY_TEXT_SIZES', 'SMALL_TEXT_SIZES', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS', 'PAD_ID',
-           'UNK_ID', 'BOS_ID', 'EOS_ID', 'state_dict_shapes', 'unique_params', 'SonarEncoderConfig',
+__all__ = ['KV', 'MAX_GEN_LEN', 'TINY_TEXT_SIZES', 'SMALL_TEXT_SIZES', 'FAIRSEQ2_DECODER_KEY_MAP', 'SONAR_LANGS', 'DATA_TAGS',
+           'PAD_ID', 'UNK_ID', 'BOS_ID', 'EOS_ID', 'state_dict_shapes', 'unique_params', 'SonarEncoderConfig',
            'FeatureProjection', 'SignT5SonarEncoder', 'sonar_asl_encoder', 'sonar_encoder_tiny', 'sonar_encoder_small',
            'SonarTextDecoderConfig', 'sinusoidal_table', 'SinusoidalPositionEncoder', 'DecoderFrontend',
            'MultiheadAttention', 'FeedForward', 'DecoderLayer', 'TransformerDecoder', 'TiedProjection', 'DecoderCache',
-           'xavier_linears', 'SonarTextDecoder', 'sonar_text_decoder_basic', 'sonar_text_decoder_tiny',
+           'Hypothesis', 'xavier_linears', 'SonarTextDecoder', 'sonar_text_decoder_basic', 'sonar_text_decoder_tiny',
            'sonar_text_decoder_small', 'decoder_state_from_fairseq2', 'decoder_state_to_fairseq2', 'TokenLayout',
            'langs_path', 'SonarTokenizer', 'train_synthetic_tokenizer', 'pad_batch', 'decoder_loss', 'SignToText',
            'EncoderLayer', 'TransformerEncoder', 'SonarTextEncoder', 'sonar_text_encoder_basic',
@@ -311,6 +311,16 @@ class DecoderCache:
         self.cross_kv = [sel(kv) for kv in self.cross_kv]
         self.self_kv = [None if kv is None else sel(kv) for kv in self.self_kv]
 
+
+class Hypothesis(NamedTuple):
+    """A finished beam-search hypothesis (fairseq2's fields)."""
+    seq: list[int]             # generated ids, EOS last, prompt excluded
+    score: float               # sum of the log-probs after the first prompt token / (P + len(seq) - 1) ** length_penalty
+    step_scores: list[float]   # log-prob of each generated token; [0] also holds the prompt's (the language token)
+
+
+MAX_GEN_LEN = (1, 128)         # SONAR's pipeline: fairseq2 max_gen_len = 1 × source length + 128
+
 # %% ../nbs/05_sonar.ipynb #249b38b5
 def xavier_linears(module: nn.Module) -> None:
     """fairseq-style linear init: Xavier weights (gain 2^-1/2 for q/k/v projections), zero biases."""
@@ -408,11 +418,21 @@ class SonarTextDecoder(nn.Module):
             raise ValueError(f"prompt_ids must be [P] or [B={batch}, P] with P >= 1, got {list(p.shape)}")
         return p
 
-    def _start(self, embeddings: Tensor, prompt_ids, max_len: int, min_len: int):
+    def max_total_len(self, prompt_len: int, source_len: int, max_len: int | None = None) -> int:
+        """Most positions (prompt + generated + EOS) a generation may use: fairseq2's rule with SONAR's
+        max_gen_len (1, 128), `min(max_seq_len, prompt_len + source_len + 128)`; `max_len` > 0 caps the generated
+        positions (EOS included) further, 0/None adds no cap. One embedding `[B, D]` has source_len = D."""
+        if max_len is not None and max_len < 0:
+            raise ValueError(f"max_len must be >= 0 (0 = no cap beyond the decoder's own limit), got {max_len}")
+        a, b = MAX_GEN_LEN
+        total = min(self.cfg.max_seq_len, prompt_len + int(a * source_len + b))
+        return min(total, prompt_len + max_len) if max_len else total
+
+    def _start(self, embeddings: Tensor, prompt_ids, max_len: int | None, min_len: int):
         """Prefill the prompt; -> prompt `[B, P]`, cache, last-step log-probs `[B, V]`, prompt scores `[B]`, min/max total length."""
         prompt = self._prompt(prompt_ids, embeddings.size(0), embeddings.device)
         P = prompt.size(1)
-        max_total = min(self.cfg.max_seq_len, P + max_len)
+        max_total = self.max_total_len(P, embeddings.size(1), max_len)  # [B, D] or [B, S, D]: fairseq2 takes size(1)
         if P >= max_total:
             raise ValueError(f"no room to generate: prompt {P} tokens, max_len {max_len}, max_seq_len {self.cfg.max_seq_len}")
         min_total = min(self.cfg.max_seq_len, P + min_len)
@@ -434,7 +454,7 @@ class SonarTextDecoder(nn.Module):
         return lprobs
 
     @torch.no_grad()
-    def greedy(self, embeddings: Tensor, prompt_ids, max_len: int = 128, min_len: int = 1) -> list[list[int]]:
+    def greedy(self, embeddings: Tensor, prompt_ids, max_len: int | None = 0, min_len: int = 1) -> list[list[int]]:
         """Greedy decoding with the KV cache; -> generated ids per item (no prompt, no EOS)."""
         prompt, cache, lprobs, _, min_total, max_total = self._start(embeddings, prompt_ids, max_len, min_len)
         B, eos = prompt.size(0), self.cfg.eos_idx
@@ -455,9 +475,10 @@ class SonarTextDecoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, embeddings: Tensor, prompt_ids, beam_size: int = 5, max_len: int = 128,
-                 length_penalty: float = 1.0, min_len: int = 1, normalize_scores: bool = True) -> list[list[int]]:
-        """Batched beam search with the KV cache; -> best hypothesis per item (no prompt, no EOS)."""
+    def beam_search(self, embeddings: Tensor, prompt_ids, beam_size: int = 5, max_len: int | None = 0,
+                    length_penalty: float = 1.0, min_len: int = 1, normalize_scores: bool = True
+                    ) -> list[list[Hypothesis]]:
+        """Batched beam search with the KV cache; -> per item up to `beam_size` finished hypotheses, best first."""
         K = beam_size
         if K < 1:
             raise ValueError(f"beam_size must be >= 1, got {K}")
@@ -467,10 +488,11 @@ class SonarTextDecoder(nn.Module):
         rows = torch.arange(B, device=dev).repeat_interleave(K)
         cache.reorder(rows)
         lprobs, seqs = lprobs[rows], torch.empty(B * K, 0, dtype=torch.long, device=dev)
+        cums = torch.empty(B * K, 0, device=dev)                          # [rows, t] cumulative score after each token
         scores = prompt_scores[:, None].repeat(1, K)                      # [B, K] cumulative scores
         scores[:, 1:] = -torch.inf
         items = torch.arange(B, device=dev)                               # item of each live group
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        finished: list[list[Hypothesis]] = [[] for _ in range(B)]
         for step in range(P, max_total):
             n = items.numel()
             lprobs = self._constrain(lprobs, step, min_total, max_total)
@@ -487,7 +509,9 @@ class SonarTextDecoder(nn.Module):
                     hyps = finished[int(items[g])]
                     if len(hyps) < K:
                         row = g * K + int(beam[g, c])
-                        hyps.append((float(top_s[g, c]) / norm, seqs[row].tolist()))
+                        cum = cums[row].tolist() + [float(top_s[g, c])]
+                        steps = [cum[0]] + [b - a for a, b in zip(cum, cum[1:])]   # [0] includes the prompt's
+                        hyps.append(Hypothesis(seqs[row].tolist() + [eos], cum[-1] / norm, steps))
             done = torch.tensor([len(finished[i]) >= K for i in items.tolist()], device=dev)
             if step == max_total - 1 or bool(done.all()):
                 break
@@ -500,9 +524,17 @@ class SonarTextDecoder(nn.Module):
             rows = (live[:, None] * K + beam[live]).reshape(-1)
             cache.reorder(rows)
             seqs = torch.cat([seqs[rows], tok[live].reshape(-1, 1)], dim=1)
+            cums = torch.cat([cums[rows], sc[live].reshape(-1, 1)], dim=1)
             scores, items = sc[live], items[live]
             lprobs = self(tok[live].reshape(-1, 1), cache=cache)[:, -1].float().log_softmax(-1)
-        return [max(h, key=lambda x: x[0])[1] if h else [] for h in finished]
+        return [sorted(h, key=lambda x: -x.score) for h in finished]
+
+    @torch.no_grad()
+    def generate(self, embeddings: Tensor, prompt_ids, beam_size: int = 5, max_len: int | None = 0,
+                 length_penalty: float = 1.0, min_len: int = 1, normalize_scores: bool = True) -> list[list[int]]:
+        """Batched beam search; -> the best hypothesis per item (no prompt, no EOS)."""
+        hyps = self.beam_search(embeddings, prompt_ids, beam_size, max_len, length_penalty, min_len, normalize_scores)
+        return [h[0].seq[:-1] if h else [] for h in hyps]
 
 
 def sonar_text_decoder_basic(**overrides) -> SonarTextDecoder:
@@ -740,7 +772,7 @@ class SignToText(nn.Module):
 
     @torch.no_grad()
     def translate(self, features: Tensor, mask: Tensor | None, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
-                  beam_size: int = 5, max_len: int = 128, length_penalty: float = 1.0) -> list[str]:
+                  beam_size: int = 5, max_len: int | None = 0, length_penalty: float = 1.0) -> list[str]:
         """Beam-search translation of a batch of clips into `lang` (eval mode inside, restored after)."""
         was_training = self.training
         self.eval()

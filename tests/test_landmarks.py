@@ -312,6 +312,8 @@ def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
         assert torch.equal(model(f, m, t), back(f, m, t))
         assert torch.equal(model.generate_ids(f, m, [3, 30], beam_size=3, max_len=8),
                            back.generate_ids(f, m, [3, 30], beam_size=3, max_len=8))
+        n = model.generate_ids(f[:1], m[:1], [3, 30], beam_size=1, max_len=0).shape[1]   # 0: SONAR's 512 positions
+        assert 2 < n <= 512
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a landmarks model"):
         load_landmark_model(tmp_path / "other.pt")

@@ -10,7 +10,7 @@ import torch
 
 from sonar_thesis.signhiera import (
     HIERA_BASE_128x224, SIGNHIERA_TINY, SignHieraConfig, build_signhiera, drop_padded, hiera_base_128x224,
-    reroll, signhiera_tiny, unroll,
+    padding_mask_from_counts, reroll, signhiera_tiny, unroll,
 )
 
 SPEC_PATH = Path(__file__).parents[1].parent / "shared/specs/signhiera_base_128x224.json"
@@ -149,19 +149,23 @@ def test_tiny_windows_are_frames(tiny):
 # ---- padding -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_real", [1, 20, 21, 31])
 def test_padding_equals_cut_clip(tiny, clip, n_real):
-    """With a padding mask, valid features equal those of the clip cut to its real frames,
-    whatever the padded frames hold; the unpadded sample of the batch is unaffected."""
-    pm = torch.zeros(2, 32, dtype=torch.bool)
-    pm[0, n_real:] = True
-    junk = clip.clone()
-    junk[0, :, n_real:] = torch.randn_like(junk[0, :, n_real:]) * 10
-    n_units = -(-n_real // 2)
+    """Padded as the pipeline pads (copies of the last real frame), the valid features equal those of the clip cut
+    to its valid 2-frame units (the real frames + the visible copy when the count is odd), whatever the zeroed
+    frames hold; the unpadded sample of the batch is unaffected."""
+    p = 32 - n_real
+    pm = padding_mask_from_counts([p, 0], 32)
+    padded = clip.clone()
+    padded[0, :, n_real:] = clip[0, :, n_real - 1: n_real]      # the last real frame, repeated
+    n_units, kept = 16 - p // 2, 32 - 2 * (p // 2)                # the reference masks floor(p/2) whole units
+    junk = padded.clone()
+    junk[0, :, kept:] = torch.randn_like(junk[0, :, kept:]) * 10
     with torch.no_grad():
-        a = tiny.extract_features(clip, pm)
+        a = tiny.extract_features(padded, pm)
         b = tiny.extract_features(junk, pm)
-        cut = tiny.extract_features(clip[:1, :, :n_real])
+        cut = tiny.extract_features(padded[:1, :, :kept])
         alone = tiny.extract_features(clip[1:])
-        ea, eb, ecut = tiny(clip, pm)[0], tiny(junk, pm)[0], tiny(clip[:1, :, :n_real])[0]
+        ea, eb, ecut = tiny(padded, pm)[0], tiny(junk, pm)[0], tiny(padded[:1, :, :kept])[0]
+    assert tiny.frame_keep(pm)[0].tolist() == [True] * kept + [False] * (32 - kept) and tiny.frame_keep(pm)[1].all()
     assert a.valid[0].tolist() == [True] * n_units + [False] * (16 - n_units) and a.valid[1].all()
     assert cut.features.shape == (1, n_units, 256) and cut.valid.all()
     torch.testing.assert_close(a.features[0, :n_units], b.features[0, :n_units], atol=1e-5, rtol=1e-5)
@@ -171,6 +175,36 @@ def test_padding_equals_cut_clip(tiny, clip, n_real):
     torch.testing.assert_close(ea, ecut, atol=1e-5, rtol=1e-5)
     lst = drop_padded(*a)
     assert [t.shape for t in lst] == [(n_units, 256), (16, 256)] and torch.equal(lst[0], a.features[0, :n_units])
+    if p % 2:                                                     # odd: the first padded frame stays visible
+        other = padded.clone()
+        other[0, :, n_real] = torch.randn_like(other[0, :, n_real]) * 10
+        with torch.no_grad():
+            c = tiny.extract_features(other, pm)
+        assert not torch.allclose(c.features[0, n_units - 1], a.features[0, n_units - 1], atol=1e-3)
+
+
+def test_padding_mixed_counts_in_a_batch(tiny):
+    """Clips with different padding counts in one batch give the features each gives alone."""
+    torch.manual_seed(5)
+    counts = [0, 3, 8, 11, 1, 31]
+    x = torch.randn(len(counts), 3, 32, 64, 64)
+    for i, p in enumerate(counts):
+        if p:
+            x[i, :, 32 - p:] = x[i, :, 31 - p: 32 - p]
+    pm = padding_mask_from_counts(counts, 32)
+    with torch.no_grad():
+        batch = tiny.extract_features(x, pm)
+        alone = [tiny.extract_features(x[i: i + 1], pm[i: i + 1]) for i in range(len(counts))]
+    assert batch.valid.sum(1).tolist() == [16 - p // 2 for p in counts]
+    for got, one in zip(batch.unpadded(), alone):
+        torch.testing.assert_close(got, one.unpadded()[0], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_mask_from_counts():
+    m = padding_mask_from_counts(torch.tensor([0, 3, 32]), 32)
+    assert m.shape == (3, 32) and m.sum(1).tolist() == [0, 3, 32] and m[1, 29:].all() and not m[1, :29].any()
+    with pytest.raises(ValueError, match=r"\[0, 32\]"):
+        padding_mask_from_counts([33], 32)
 
 
 def test_padding_edge_cases(tiny, clip):
