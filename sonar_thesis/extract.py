@@ -607,7 +607,7 @@ def choose_batch_size(cost: WindowCost,                     # one window's forwa
         limits.append(f"≤ {max_batch_seconds:.0f} s of compute per batch")
     if fit < 1:
         limits.append("WARNING: not even one window fits — expect swapping or out-of-memory")
-    why = (f"{n} windows per forward pass (one window: {per / 2**30:.2f} GiB peak, {cost.seconds:.2f} s; "
+    why = (f"{n} window{'s' * (n != 1)} per forward pass (one window: {per / 2**30:.2f} GiB peak, {cost.seconds:.2f} s; "
            f"{available / 2**30:.1f} GiB available × {margin} fits {fit}; cap {cap}"
            + "".join(f"; {x}" for x in limits) + ")")
     return n, why
