@@ -189,7 +189,7 @@ def mini(tmp_path_factory):
                         target=SynthDomainConfig(train_videos=2, val_videos=1, test_videos=1, sentences_per_video=[2, 2],
                                                  n_signers=2, speed_range=[0.8, 1.2], backgrounds="varied"))
     generate_corpus(synth, workers=2, progress=False)
-    data = DataConfig(prepared_dir=str(root / "prepared"), num_workers=1)
+    data = DataConfig(root=str(root / "synthetic"), prepared_dir=str(root / "prepared"), num_workers=1)
     prepare(root / "synthetic" / "target", root / "prepared" / "target", data, progress=False)
     texts = [r["translation"] for r in read_tsv(root / "prepared" / "target" / "train.tsv")]
     tok = train_synthetic_tokenizer(texts * 3, root / "tok", vocab_size=60, name="tokenizer")

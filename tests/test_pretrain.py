@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonar_thesis.config import PRESETS, Config, SynthConfig
+from sonar_thesis.config import PRESETS, Config, DataConfig, SynthConfig
 from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
@@ -13,7 +13,7 @@ from sonar_thesis.video import write_video
 
 
 def test_sign_spans_read_the_renderer_timings(tmp_path):
-    cfg = Config(synth=SynthConfig(output_dir=str(tmp_path)))
+    cfg = Config(synth=SynthConfig(output_dir=str(tmp_path)), data=DataConfig(root=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="dvc repro synth"):
         sign_spans(cfg, "source", "train")
     (tmp_path / "source").mkdir()
