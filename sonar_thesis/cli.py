@@ -232,17 +232,20 @@ def extract(
     manifest: Path = typer.Option(..., "--manifest", help="TSV with id, video_path (signer crops unless --crop)."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="SignHiera checkpoint (default: model.signhiera)."),
     output_dir: Path = typer.Option(..., "--output-dir", help="Where {id}.pt, lengths.tsv and failures.json go."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass (across videos)."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="Windows per forward pass (across videos); auto = as many as fit in memory (at most 8)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: hardware.device)."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Decoding processes (default: hardware.num_workers)."),
     crop: bool = typer.Option(False, "--crop", help="Crop the signer first (manifest of uncropped clips)."),
     params: Optional[Path] = PARAMS_OPT,
 ):
     """Extract SignHiera features (one tensor per video) — resumable, sharded under torchrun."""
+    if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
+        raise ValueError(f"--batch-size: expected a positive integer or auto, got {batch_size!r}")
     from sonar_thesis.extract import build_extractor, extract_manifest
     cfg = config_from(params)
     model = build_extractor(cfg.preset, model_path or Path(cfg.model.signhiera))
-    rep = extract_manifest(manifest, model, output_dir, cfg.sizes, batch_size=batch_size,
+    rep = extract_manifest(manifest, model, output_dir, cfg.sizes,
+                           batch_size=batch_size if batch_size == "auto" else int(batch_size),
                            device=device or cfg.hardware.device,
                            num_workers=cfg.hardware.num_workers if num_workers is None else num_workers,
                            crop=cfg.preprocess if crop else None, precision=cfg.hardware.mixed_precision)

@@ -94,3 +94,10 @@ def test_download_from_mirror_end_to_end(tmp_path):
 def test_download_help_names_from_and_the_default_folder():
     r = run("download", "--help")
     assert r.returncode == 0 and "--from" in r.stdout and "models/published" in r.stdout
+
+
+def test_extract_batch_size_is_auto_or_a_positive_integer(tmp_path):
+    assert "auto" in run("extract", "--help").stdout
+    for bad in ("0", "-2", "eight"):
+        r = run("extract", "--manifest", str(tmp_path / "m.tsv"), "--output-dir", str(tmp_path / "o"), "--batch-size", bad)
+        assert r.returncode != 0 and "--batch-size" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
