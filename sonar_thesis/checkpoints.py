@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .io import atomic_path, read_json, sha256sum, write_json
+from .io import read_json, save_torch, sha256sum, write_json
 
 # %% auto #0
 __all__ = ['WRAPPER_PREFIXES', 'SAFE_GLOBALS', 'SIGNHIERA_LAYOUT', 'ENCODER_LAYOUT', 'DECODER_LAYOUT', 'TEXT_ENCODER_LAYOUT',
@@ -589,9 +589,7 @@ def save_published(model: nn.Module,  # a model with a published layout (or pass
             raise ValueError(f"extra key {k!r} collides with the layout's state-dict keys {list(lay.state_keys)}")
         _check_plain(v, f"extra[{k!r}]")
         ckpt[k] = v
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
+    return save_torch(ckpt, path)
 
 # %% ../nbs/06_checkpoints.ipynb #c97a396b
 def describe_checkpoint(checkpoint: str | os.PathLike | Mapping, limit: int = 8,  # first keys shown per dict

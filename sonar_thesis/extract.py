@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from .config import PRESETS, PreprocessConfig, Preset, load_config
-from .io import atomic_path, read_json, read_tsv, write_json, write_tsv
+from .io import atomic_path, read_json, read_tsv, save_torch, write_json, write_tsv
 from .video import VideoError, crop_frame, find_signer_box, iter_windows, resolve_video_path, write_video
 
 # %% auto #0
@@ -50,9 +50,7 @@ def save_features(features: torch.Tensor,  # [N, C]
         raise ValueError(f"{path}: features must be [N, C], got {tuple(t.shape)}")
     if t.untyped_storage().nbytes() != t.numel() * t.element_size():
         t = t.clone()                                         # do not save a view's whole storage
-    with atomic_path(path) as tmp:
-        torch.save(t, tmp)
-    return Path(path)
+    return save_torch(t, path)
 
 
 def load_features(path: str | Path,         # an `{id}.pt` written by `extract_manifest`

@@ -70,7 +70,7 @@ def save_torch(obj: Any, path: str | Path) -> Path:
     Given a file name, torch.save records it inside the archive (`<stem>/data.pkl`), so a random temp name
     would make every file different; through a file object the archive is always named `archive`."""
     import torch
-    with atomic_write(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # atomic_path's temp name: resumable stages clean these up
         torch.save(obj, f)
     return Path(path)
 

@@ -30,7 +30,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from .io import atomic_path, read_json, sha256sum, write_json
+from .io import atomic_path, read_json, save_torch, sha256sum, write_json
 
 # %% auto #0
 __all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_device', 'resolve_precision', 'autocast_context', 'DistInfo',
@@ -325,10 +325,8 @@ def make_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total
 
 # %% ../nbs/08_trainer.ipynb #4132de88
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """torch.save `payload` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    """torch.save `payload` atomically and reproducibly (same payload, same bytes)."""
+    return save_torch(payload, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -698,3 +698,18 @@ def test_hint_command_omits_the_default_output_and_quotes():
     assert ck._cmd("sonar_decoder", "models/published", "/mnt/my mirror") == (
         "sonar-thesis download --model sonar_decoder --from '/mnt/my mirror'")
     assert ck.DEFAULT_OUTPUT == "models/published"
+
+
+def test_published_checkpoints_and_features_are_byte_identical_with_ordinary_permissions(tmp_path):
+    """Same weights -> same file bytes (DVC hashes stay put across reruns), and not mkstemp's 0600."""
+    import os
+    from sonar_thesis.extract import save_features
+    from sonar_thesis.signhiera import build_signhiera
+    torch.manual_seed(0)
+    model = build_signhiera("tiny")
+    a, b = save_published(model, tmp_path / "a.pth"), save_published(model, tmp_path / "sub" / "b.pth")
+    assert a.read_bytes() == b.read_bytes()
+    f1, f2 = save_features(torch.ones(3, 4), tmp_path / "x.pt"), save_features(torch.ones(3, 4), tmp_path / "y.pt")
+    assert f1.read_bytes() == f2.read_bytes()
+    umask = os.umask(0); os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in (a, b, f1, f2))
