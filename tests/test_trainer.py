@@ -179,17 +179,22 @@ class _Kill(Exception):
     pass
 
 
+def kill_and_resume(out_dir, kill_at: int, **kw):
+    """Run until an exception at step `kill_at`, then rerun in the same folder: the resumed result."""
+    def boom(info: StepInfo):
+        if info.step == kill_at:
+            raise _Kill
+    with pytest.raises(_Kill):
+        run(out_dir, on_step=boom, **kw)
+    return run(out_dir, **kw)
+
+
 @pytest.mark.parametrize("kill_at", [7, 12, 13])   # mid-epoch, epoch end (12 steps/epoch), just after
 def test_exception_resume_is_bit_identical(tmp_path, kill_at):
     kw = dict(batch_size=2, accum=2, dropout=0.2)
     ref_model, ref = run(tmp_path / "ref", **kw)
 
-    def boom(info: StepInfo):
-        if info.step == kill_at:
-            raise _Kill
-    with pytest.raises(_Kill):
-        run(tmp_path / "run", on_step=boom, **kw)
-    model, res = run(tmp_path / "run", **kw)
+    model, res = kill_and_resume(tmp_path / "run", kill_at, **kw)
     assert_same_weights(model.state_dict(), ref_model.state_dict(), exact=True)
     assert res.history == ref.history
 
@@ -278,12 +283,7 @@ def test_memory_saving_optimizers_train_and_resume_exactly(tmp_path, optimizer):
     assert not torch.equal(ref_model.state_dict()["proj.weight"], init["proj.weight"])    # it steps
     assert ref.history[-1]["val_loss"] < ref.history[0]["val_loss"]                       # and learns
 
-    def boom(info: StepInfo):
-        if info.step == 13:
-            raise _Kill
-    with pytest.raises(_Kill):
-        run(tmp_path / "run", on_step=boom, **kw)
-    model, res = run(tmp_path / "run", **kw)
+    model, res = kill_and_resume(tmp_path / "run", 13, **kw)
     assert_same_weights(model.state_dict(), ref_model.state_dict(), exact=True)
     assert res.history == ref.history
 
