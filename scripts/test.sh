@@ -27,4 +27,4 @@ echo "== 2/3 nbdev_test"
 nbdev_test --n_workers 2
 
 echo "== 3/3 pytest"
-pytest "$@"
+pytest --durations=8 "$@"
