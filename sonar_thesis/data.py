@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import math
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -42,9 +43,9 @@ class Sentence:
     text: str
 
 def detect_delimiter(header_line: str) -> str:
-    """Tab or comma, whichever splits the header into the How2Sign columns."""
+    """Tab, comma or semicolon, whichever splits the header into cells holding every How2Sign column."""
     for d in ("\t", ",", ";"):
-        if [c.strip() for c in header_line.strip().split(d)][:1] == ["VIDEO_ID"] and header_line.count(d) >= 6:
+        if set(HOW2SIGN_COLUMNS) <= {c.strip().strip('"') for c in header_line.strip().split(d)}:
             return d
     raise ValueError(f"header is not How2Sign's (expected {' | '.join(HOW2SIGN_COLUMNS)}): {header_line.strip()!r}")
 
@@ -54,13 +55,19 @@ def read_how2sign_csv(path: str | Path) -> tuple[list[Sentence], list[dict]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: annotation file not found — set data.root to the folder "
                                 "holding how2sign_realigned_{train,val,test}.csv")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}) — How2Sign's "
+                         f"CSVs are UTF-8; convert it, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.csv`") from None
     lines = text.splitlines()
     if not lines:
         raise ValueError(f"{path}: empty annotation file")
     delim = detect_delimiter(lines[0])
     reader = csv.reader(_io.StringIO(text), delimiter=delim, quoting=csv.QUOTE_MINIMAL if delim != "\t" else csv.QUOTE_NONE)
     header = [h.strip() for h in next(reader)]
+    if len(lines) < 2 or not any(l.strip() for l in lines[1:]):
+        raise ValueError(f"{path}: only a header, no sentences — a truncated download? Fetch the CSV again")
     missing = [c for c in HOW2SIGN_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
@@ -76,6 +83,8 @@ def read_how2sign_csv(path: str | Path) -> tuple[list[Sentence], list[dict]]:
         g = {c: cells[i].strip() for c, i in idx.items()}
         try:
             start, end = float(g["START_REALIGNED"]), float(g["END_REALIGNED"])
+            if not (math.isfinite(start) and math.isfinite(end)):
+                raise ValueError
         except ValueError:
             problems.append(dict(row=n, id=g["SENTENCE_NAME"], reason="bad_timestamps",
                                  detail=f"not numbers: {g['START_REALIGNED']!r}, {g['END_REALIGNED']!r}"))
@@ -323,18 +332,24 @@ def prepare(domain_dir: str | Path, out_dir: str | Path, cfg: DataConfig | None 
         if not (domain_dir / f"how2sign_realigned_{split}.csv").exists():
             report[split] = dict(missing_csv=True)
             continue
-        report[split] = prepare_split(domain_dir, split, out_dir, cfg, videos, progress)
+        try:
+            report[split] = prepare_split(domain_dir, split, out_dir, cfg, videos, progress)
+        except ValueError as e:   # an unreadable CSV: the other splits go on, the report says why
+            report[split] = dict(error=str(e))
+    write_json(out_dir / "report.json", report)
     if all(r.get("missing_csv") for r in report.values()):
         raise FileNotFoundError(f"{domain_dir}: none of how2sign_realigned_{{{','.join(cfg.splits)}}}.csv found")
-    write_json(out_dir / "report.json", report)
+    if failed := {s: r["error"] for s, r in report.items() if "error" in r}:
+        raise ValueError(f"{len(failed)} split(s) not prepared (the others are, see {out_dir / 'report.json'}): "
+                         + "; ".join(failed.values()))
     return report
 
 def format_report(report: dict) -> str:
     """One line per split: rows, written, skipped by reason."""
     lines = []
     for split, r in report.items():
-        if r.get("missing_csv"):
-            lines.append(f"{split:>5}: no CSV")
+        if r.get("missing_csv") or "error" in r:
+            lines.append(f"{split:>5}: {r.get('error', 'no CSV')}")
             continue
         why = ", ".join(f"{k}={v}" for k, v in r["skipped_by_reason"].items()) or "none"
         lines.append(f"{split:>5}: {r['written']}/{r['rows']} rows written; skipped: {why}; "

@@ -113,3 +113,39 @@ def test_cut_video_frames_timing_and_pixels(tmp_path, pix_fmt, size, fps):
         assert (len(frames), frames[0].shape[:2]) == (n, (size[1] - size[1] % 2, size[0] - size[0] % 2))
         grey = [float(f.mean()) for f in frames]
         assert max(abs(g - (3 * (first + k)) % 256) for k, g in enumerate(grey)) < 3, grey[:5]
+
+
+def _csv(rows, header=HOW2SIGN_COLUMNS):
+    return "\r\n".join(["\t".join(header)] + ["\t".join(r) for r in rows]) + "\r\n"
+
+
+def test_unreadable_csv_names_the_file_and_the_other_splits_go_on(fixture_dir, tmp_path):
+    """A latin-1 CSV: one line naming the file and the fix; the other split is prepared; report.json says why."""
+    row = ["vidA", "vidA-1-rgb_front", "vidA_9", "vidA_9-1-rgb_front", "0.00", "1.00", "Crème brûlée."]
+    (fixture_dir / "how2sign_realigned_val.csv").write_bytes(_csv([row]).encode("latin-1"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"how2sign_realigned_val\.csv: not UTF-8 .*iconv -f latin1") as e:
+        prepare(fixture_dir, out, DataConfig(splits=["val", "test"], num_workers=1), progress=False)
+    assert "\n" not in str(e.value)
+    rep = read_json(out / "report.json")
+    assert "not UTF-8" in rep["val"]["error"] and rep["test"]["written"] == 3
+    assert len(read_tsv(out / "test.tsv")) == 3
+
+
+def test_header_only_csv_is_an_error_not_an_empty_manifest(fixture_dir, tmp_path):
+    (fixture_dir / "how2sign_realigned_val.csv").write_text(_csv([]))
+    with pytest.raises(ValueError, match=r"how2sign_realigned_val\.csv: only a header, no sentences"):
+        prepare(fixture_dir, tmp_path / "out", DataConfig(splits=["val"], num_workers=1), progress=False)
+    assert read_json(tmp_path / "out" / "report.json")["val"]["error"]
+
+
+def test_extra_leading_column_and_nan_timestamps(tmp_path):
+    """Every needed column is there, after an extra one: accepted. `nan` times are bad_timestamps, not empty clips."""
+    header = ("ROW",) + HOW2SIGN_COLUMNS
+    rows = [["1", "v", "v-1-rgb_front", "v_0", "v_0-1-rgb_front", "0.10", "0.90", "Good."],
+            ["2", "v", "v-1-rgb_front", "v_1", "v_1-1-rgb_front", "nan", "1.00", "Bad start."]]
+    p = tmp_path / "how2sign_realigned_test.csv"
+    p.write_text(_csv(rows, header))
+    sentences, problems = read_how2sign_csv(p)
+    assert [s.sentence_name for s in sentences] == ["v_0-1-rgb_front"] and sentences[0].text == "Good."
+    assert [(q["id"], q["reason"]) for q in problems] == [("v_1-1-rgb_front", "bad_timestamps")]
