@@ -182,6 +182,16 @@ class PreprocessConfig:
     min_detection_confidence: float = 0.5
     output_dir: str = "data/crops"
     num_workers: int = 2
+    mode: Literal["auto", "reference", "resample"] = "auto"  # reference = ssvp_slt's windows/boxes/crops exactly
+                                           # (lossless crops); resample = 25-fps resampling (the tiny stand-ins');
+                                           # auto = reference for the published input sizes (small, sonar)
+
+    def resolved_mode(self, sizes: Preset) -> str:
+        """'reference' or 'resample'; `auto` is 'reference' for the published SONAR input sizes (128 × 224², 25 fps)."""
+        if self.mode != "auto":
+            return self.mode
+        published = (sizes.num_frames, sizes.crop_size, sizes.sampling_rate, sizes.target_fps) == (128, 224, 2, 25)
+        return "reference" if published else "resample"
 
 # %% ../nbs/00_config.ipynb #835e6e9d
 @dataclass

@@ -29,11 +29,14 @@ from .io import MANIFEST_COLUMNS, atomic_path, read_json, read_tsv, write_json, 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Box', 'Detector', 'CROP_X264_PRESET', 'VideoError', 'open_video', 'probe_video', 'H264Writer', 'write_video',
-           'resample_indices', 'Window', 'window_spans', 'iter_windows', 'iter_frames', 'normalize', 'square_box',
-           'expand_box', 'int_box', 'center_box', 'crop_frame', 'MediapipeFaceDetector', 'dlib_model_path',
-           'DlibFaceDetector', 'get_detector', 'iou', 'Tube', 'TubeLinker', 'region_motion', 'SignerBox',
-           'choose_signer_box', 'find_signer_box', 'preprocess_clip', 'resolve_video_path', 'preprocess_manifest']
+__all__ = ['Box', 'Detector', 'CROP_X264_PRESET', 'CROP_META_TAG', 'REFERENCE_CROP_FORMAT', 'VideoError', 'open_video',
+           'probe_video', 'H264Writer', 'write_video', 'resample_indices', 'Window', 'window_spans', 'iter_windows',
+           'iter_frames', 'normalize', 'RefWindow', 'reference_windows', 'reference_pad_mask', 'square_box',
+           'expand_box', 'int_box', 'center_box', 'crop_frame', 'reference_expand', 'reference_center_box',
+           'reference_int_box', 'reference_border', 'MediapipeFaceDetector', 'dlib_model_path', 'DlibFaceDetector',
+           'get_detector', 'iou', 'Tube', 'TubeLinker', 'region_motion', 'SignerBox', 'choose_signer_box',
+           'find_signer_box', 'reference_flow', 'reference_tube_box', 'reference_signer_box', 'preprocess_clip',
+           'LosslessWriter', 'read_crop_meta', 'resolve_video_path', 'preprocess_manifest']
 
 # %% ../nbs/03_video.ipynb #b89a3cab
 class VideoError(RuntimeError):
@@ -171,14 +174,26 @@ def window_spans(n: int,                # frames at 25 fps
     return out
 
 # %% ../nbs/03_video.ipynb #5177a1d5
-def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_threads: int = 1
+def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_threads: int = 1,
+                 mode: str = "resample",   # 'resample' (25-fps grid) | 'reference' (ssvp_slt: source frames)
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream `(frames uint8 [T, H, W, 3], padding_mask bool [T])` windows of a video, T = num_frames."""
+    """Stream `(frames uint8 [T, H, W, 3], padding_mask bool [T])` windows of a video, T = num_frames.
+
+    A reference crop clip (`.mkv` from `preprocess_clip` in reference mode) carries its own windows, whatever `mode`."""
+    if Path(path).suffix == ".mkv" and (meta := read_crop_meta(path)) is not None:
+        yield from _iter_stored_windows(path, meta, sizes, overlap)
+        return
+    if mode not in ("resample", "reference"):
+        raise ValueError(f"iter_windows: mode must be 'resample' or 'reference', got {mode!r}")
     vr, n_src, fps = open_video(path, num_threads)
-    idx = resample_indices(n_src, fps, sizes.target_fps)        # [N] source frame per 25-fps frame
+    if mode == "reference":                                    # [T] source frames per slot, padding count
+        plan = [(w.indices, reference_pad_mask(w.padding, sizes.num_frames))
+                for w in reference_windows(n_src, fps, sizes, overlap)]
+    else:
+        idx = resample_indices(n_src, fps, sizes.target_fps)    # [N] source frame per 25-fps frame
+        plan = [(idx[w.indices], w.pad) for w in window_spans(len(idx), sizes.num_frames, sizes.sampling_rate, overlap)]
     cache: dict[int, np.ndarray] = {}                          # previous window's frames by source index
-    for w in window_spans(len(idx), sizes.num_frames, sizes.sampling_rate, overlap):
-        src = idx[w.indices]                                   # [T] source frames of this window
+    for src, pad in plan:                                      # src [T] source frames of this window
         need = sorted(set(src.tolist()) - cache.keys())
         if need:
             batch = _get_batch(vr, need, path)                 # [K, H, W, 3]
@@ -187,7 +202,7 @@ def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_thre
         frames = np.stack([cache[s] for s in src.tolist()])    # [T, H, W, 3]
         keep = set(src.tolist())
         cache = {k: v for k, v in cache.items() if k in keep}
-        yield frames, w.pad.copy()
+        yield frames, pad.copy()
 
 def iter_frames(path: str | Path, target_fps: int = 25) -> Iterator[np.ndarray]:
     """Stream every frame of a video resampled to `target_fps` (uint8 [H, W, 3]; a repeated frame is the same array)."""
@@ -262,6 +277,46 @@ def normalize(frames, sizes: Preset):
     x = x.permute(3, 0, 1, 2).float().div_(255.0)              # [3, T, H, W] in [0, 1]
     return x.sub_(sizes.mean).div_(sizes.std)
 
+# %% ../nbs/03_video.ipynb #c7a1e202
+class RefWindow(NamedTuple):
+    start: int            # first source frame
+    end_idx: float        # start + clip − 1, in source frames (fractional)
+    indices: np.ndarray   # [num_frames] int64 source frame per slot, clamped to n − 1
+    padding: int          # num_frames − distinct indices: the last `padding` slots are padding
+
+def reference_windows(n: int,                # source frames
+                      fps: float,            # source frame rate (no resampling)
+                      sizes: Preset,
+                      overlap: float = 0.5,  # 0.5: step 128 = ssvp_slt's stride 64 × sampling_rate 2
+                      ) -> list[RefWindow]:
+    """ssvp_slt's sliding windows over `n` source frames at `fps` (indices and padding counts as the reference)."""
+    import torch
+    if n <= 0:
+        raise ValueError(f"no frames to window (n={n})")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    T, r, tf = sizes.num_frames, sizes.sampling_rate, sizes.target_fps
+    clip = r * T / tf * fps                                   # source frames per window (10.24 s at sonar sizes)
+    step = max(1, round(T * r * (1 - overlap)))
+    out = []
+    for start in range(0, n, step):
+        end = start + clip - 1
+        pos = torch.linspace(start + 0.5, end + 0.5, T, dtype=torch.float32)   # [T] as the reference: float32
+        idx = pos.clamp(0, n - 1).long().numpy()               # [T] truncated toward zero
+        distinct = len(np.unique(idx))
+        if tf > fps * r:                                       # very slow video: repeats are interpolation
+            distinct = math.floor(distinct * tf / (fps * r))
+        out.append(RefWindow(start, end, idx, T - distinct))
+        if end >= n:
+            break
+    return out
+
+def reference_pad_mask(padding: int, num_frames: int) -> np.ndarray:
+    """Padding count → bool mask [num_frames], True on the last `padding` slots."""
+    return np.arange(num_frames) >= num_frames - padding
+
 # %% ../nbs/03_video.ipynb #da90b3a2
 Box = tuple[float, float, float, float]   # (x0, y0, x1, y1) in pixels, x1/y1 exclusive
 
@@ -296,7 +351,9 @@ def center_box(width: int, height: int) -> tuple[int, int, int, int]:
     x0, y0 = (width - side) // 2, (height - side) // 2
     return (x0, y0, x0 + side, y0 + side)
 
-def crop_frame(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
+def crop_frame(frame: np.ndarray, box: Sequence[int], size: int,
+               bilinear: bool = False,   # always bilinear (the reference); default: area when shrinking
+               ) -> np.ndarray:
     """Cut integer `box` out of `frame` [H, W, 3] (black outside the frame) and resize to [size, size, 3]."""
     import cv2
     x0, y0, x1, y1 = map(int, box)
@@ -308,8 +365,36 @@ def crop_frame(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
         if ix1 > ix0 and iy1 > iy0:
             patch[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = frame[iy0:iy1, ix0:ix1]
-    interp = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if patch.shape[0] > size and not bilinear else cv2.INTER_LINEAR
     return cv2.resize(patch, (size, size), interpolation=interp)
+
+# %% ../nbs/03_video.ipynb #c7a1e205
+def reference_expand(face: Box, cfg: PreprocessConfig) -> Box:
+    """An inclusive face box (left, top, right, bottom) → ssvp_slt's expanded box (not squared)."""
+    x0, y0, x1, y1 = face
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    return (x0 - cfg.expand_left_right * w, y0 - cfg.expand_up * h,
+            x1 + cfg.expand_left_right * w, y1 + cfg.expand_down * h)
+
+def reference_center_box(width: int, height: int) -> Box:
+    """ssvp_slt's no-face fallback: a centred square of half the short side."""
+    cx, cy, s = width // 2, height // 2, min(width, height) // 2
+    return (cx - s // 2, cy - s // 2, cx + s // 2, cy + s // 2)
+
+def reference_int_box(box: Box) -> tuple[int, int, int, int]:
+    """ssvp_slt's crop box: grow the short side by |w − h|/2 each side, truncate toward zero; end exclusive."""
+    x0, y0, x1, y1 = box
+    grow = abs((x1 - x0) - (y1 - y0)) / 2
+    if x1 - x0 < y1 - y0:
+        x0, x1 = x0 - grow, x1 + grow
+    else:
+        y0, y1 = y0 - grow, y1 + grow
+    return (int(x0), int(y0), int(x1), int(y1))
+
+def reference_border(box: Sequence[int], width: int, height: int) -> dict[str, int]:
+    """Black border ssvp_slt adds around the frame for integer `box` (one spare pixel right/bottom)."""
+    x0, y0, x1, y1 = box
+    return {"top": max(-y0, 0), "bottom": max(y1 - height + 1, 0), "left": max(-x0, 0), "right": max(x1 - width + 1, 0)}
 
 # %% ../nbs/03_video.ipynb #8741b357
 Detector = Callable[[np.ndarray], list[Box]]
@@ -360,12 +445,14 @@ class DlibFaceDetector:
         return [(d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1) for d in dets]
 
 @functools.lru_cache(maxsize=4)
-def get_detector(method: str, min_confidence: float = 0.5) -> Detector:
+def get_detector(method: str, min_confidence: float = 0.5,
+                 upsample: int | None = None,   # dlib only; None: by frame height (see above), the reference: 1
+                 ) -> Detector:
     """A cached face detector for `method` ('mediapipe' or 'dlib')."""
     if method == "mediapipe":
         return MediapipeFaceDetector(min_confidence)
     if method == "dlib":
-        return DlibFaceDetector()
+        return DlibFaceDetector(upsample)
     raise ValueError(f"no face detector for crop_method {method!r} (expected 'mediapipe', 'dlib' or 'none')")
 
 # %% ../nbs/03_video.ipynb #8a213e23
@@ -444,6 +531,7 @@ class SignerBox:
     n_detections: int               # faces found over all sampled frames
     reason: str = ""                # why a centre crop, or how one of several faces was chosen
     n_sampled: int = 0              # frames searched for faces
+    box_float: tuple | None = None  # reference mode: the float box before squaring and truncation
 
 def choose_signer_box(tubes: Sequence[Tube], n_sampled: int, max_faces: int, width: int, height: int,
                       cfg: PreprocessConfig, method: str) -> SignerBox:
@@ -511,10 +599,126 @@ def _find_box(select: Callable[[Iterable[int]], Iterator[tuple[int, np.ndarray]]
 
 def find_signer_box(path: str | Path, cfg: PreprocessConfig, sizes: Preset,
                     detector: Detector | None = None) -> SignerBox:
-    """The one signer box of the video at `path` (faces on every `detection_sampling_rate`-th 25-fps frame)."""
+    """The one signer box of the video at `path` (faces on every `detection_sampling_rate`-th 25-fps frame,
+    or source frame in reference mode)."""
     n_src, fps, (H, W) = probe_video(path)
+    if cfg.resolved_mode(sizes) == "reference":
+        select = lambda ks: _select_frames(path, np.arange(n_src), n_src, (H, W), ks)
+        return _find_box_reference(select, n_src, W, H, path, cfg, detector)
     idx = resample_indices(n_src, fps, sizes.target_fps)
     return _find_box(lambda ks: _select_frames(path, idx, n_src, (H, W), ks), len(idx), W, H, path, cfg, detector)
+
+# %% ../nbs/03_video.ipynb #c7a1e208
+def _flow_scale(width: int) -> float:
+    return 1 / 4 if width > 960 else 1 / 6 if width == 960 else 1 / 2
+
+def reference_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """ssvp_slt's motion map from RGB frame `prev` to `cur`: uint8 [h, w] at the reduced size (0–255 per frame)."""
+    import cv2
+    H, W = cur.shape[:2]
+    s = _flow_scale(W)
+    small = lambda f: cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (int(W * s), int(H * s)))
+    flow = cv2.calcOpticalFlowFarneback(small(prev), small(cur), None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    mag = cv2.cartToPolar(flow[..., 0], flow[..., 1])[0]
+    return (255.0 * (mag - mag.min()) / max(float(mag.max() - mag.min()), 1)).astype(np.uint8)
+
+def _iou_inclusive(a: Box, b: Box) -> float:
+    iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1), max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    inter = iw * ih
+    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)
+    return inter / float(area(a) + area(b) - inter)
+
+def reference_tube_box(expanded: Sequence[Sequence[Box]],           # per sampled frame: expanded face boxes
+                       motion: Callable[[int], np.ndarray],         # sampled frame i → motion map uint8 [H, W]
+                       iou_threshold: float = 0.2, ratio_threshold: float = 0.5) -> Box | None:
+    """ssvp_slt's several-faces rule: greedy IoU tubes, the most moving frequent tube, else the 'largest' one."""
+    left = [list(map(tuple, f)) for f in expanded]
+    tubes = []
+    while any(left):
+        a = next(i for i, f in enumerate(left) if f)
+        anchor = (a, left[a].pop())
+        tube = [anchor]
+        for i, f in enumerate(left):
+            if i == a or not f:
+                continue
+            ious = np.array([_iou_inclusive(anchor[1], b) for b in f])
+            j = int(ious.argmax())
+            if ious[j] > iou_threshold:
+                tube.append((i, f.pop(j)))
+        tubes.append(tube)
+    if not tubes:
+        return None
+
+    def score(tube) -> float:
+        vals = []
+        for i, b in tube:
+            x0, y0, x1, y1 = map(int, b)
+            region = motion(i)[max(y0, 0):y1, max(x0, 0):x1]
+            vals.append(float(region.mean()) if region.size else float("nan"))
+        return sum(vals) / len(tube)
+
+    frequent = [(score(t), t) for t in tubes if len(t) / len(expanded) > ratio_threshold]
+    if frequent:
+        best = max(frequent)[1]
+    else:
+        sizes = [sum((b[3] - b[0]) * (b[2] - b[1]) for _, b in t) for t in tubes]
+        if max(sizes) <= 0:
+            return None
+        best = tubes[int(np.argmax(sizes))]
+    return tuple(np.array([b for _, b in best], float).mean(axis=0).tolist())
+
+def reference_signer_box(detections: Sequence[Sequence[Box]],       # per sampled frame: INCLUSIVE face boxes
+                         width: int, height: int, cfg: PreprocessConfig,
+                         motion: Callable[[int], np.ndarray] | None = None,   # needed only with several faces
+                         ) -> tuple[Box, str]:
+    """ssvp_slt's float signer box from the sampled frames' detections → (box, path taken)."""
+    expanded = [[reference_expand(b, cfg) for b in f] for f in detections]
+    most = max((len(f) for f in detections), default=0)
+    if most == 1:
+        mean = np.array([f[0] for f in expanded if len(f) == 1], float).mean(axis=0)
+        return tuple(mean.tolist()), "mean"
+    if most >= 2:
+        if motion is None:
+            raise ValueError("reference_signer_box: several faces in a frame need the motion maps (motion=...)")
+        box = reference_tube_box(expanded, motion)
+        if box is not None:
+            return box, "tubes"
+    return reference_center_box(width, height), "center"
+
+def _find_box_reference(select: Callable[[Iterable[int]], Iterator[tuple[int, np.ndarray]]], n: int, width: int,
+                        height: int, path, cfg: PreprocessConfig, detector: Detector | None = None) -> SignerBox:
+    """The reference signer box: faces on source frames 0, r, 2r, …; `select(ks)` streams `(k, frame)`."""
+    sampled = list(range(0, n, max(1, cfg.detection_sampling_rate)))
+    if cfg.crop_method == "none":
+        box = reference_center_box(width, height)
+        return SignerBox(reference_int_box(box), "center", 0, "crop_method is 'none'", 0, box)
+    detector = detector or get_detector(cfg.crop_method, cfg.min_detection_confidence, upsample=1)
+    dets: dict[int, list[Box]] = {}
+    for k, frame in select(sampled):                             # exclusive → inclusive (dlib's convention)
+        dets[k] = [(x0, y0, x1 - 1, y1 - 1) for x0, y0, x1, y1 in detector(frame) if x1 > x0 and y1 > y0]
+    per_frame = [dets.get(k, []) for k in sampled]
+    n_det = sum(map(len, per_frame))
+    motion = None
+    if max(map(len, per_frame), default=0) >= 2:                 # motion maps of the sampled frames, kept small
+        small: dict[int, np.ndarray] = {}
+        prev = {}
+        want = {k - 1 for k in sampled if k > 0}
+        for k, frame in select(want | set(sampled)):
+            if k in want:
+                prev[k] = frame
+            if k in dets and k > 0:
+                small[k] = reference_flow(prev.pop(k - 1), frame)
+        import cv2
+        motion = lambda i: (np.zeros((height, width), np.uint8) if sampled[i] == 0
+                            else cv2.resize(small[sampled[i]], (width, height)))
+    box, how = reference_signer_box(per_frame, width, height, cfg, motion)
+    method = cfg.crop_method if how != "center" else "center"
+    reason = {"mean": "", "tubes": f"several faces: ssvp_slt's tube rule over {len(sampled)} sampled frames",
+              "center": f"no face found by {cfg.crop_method} in {len(sampled)} sampled frame(s)" if n_det == 0 else
+                        "several faces but no tube: centre fallback"}[how]
+    if how == "center":
+        _logger.warning("%s: centre crop — %s", path, reason)
+    return SignerBox(reference_int_box(box), method, n_det, reason, len(sampled), tuple(map(float, box)))
 
 # %% ../nbs/03_video.ipynb #e001df67
 CROP_X264_PRESET = "veryfast"  # half the encode time of x264's default (medium) on 64x64 crops, files no larger
@@ -524,9 +728,13 @@ def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, siz
                     crf: int = 18,                     # x264 quality of the crop clip
                     buffer_mb: int = 256,              # clips whose frames fit are decoded once, not twice
                     ) -> dict:
-    """Crop the signer from video `src` into an H.264 `crop_size`² clip at `target_fps` at `dst`; return its info."""
+    """Crop the signer from video `src` into an H.264 `crop_size`² clip at `target_fps` at `dst`; return its info.
+
+    Reference mode (`cfg.resolved_mode(sizes)`): the windows' source frames, lossless, in a `.mkv` (see below)."""
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
+    if cfg.resolved_mode(sizes) == "reference":
+        return _preprocess_reference(src, dst, cfg, sizes, detector, buffer_mb)
     n_src, fps, (H, W) = probe_video(src)
     idx = resample_indices(n_src, fps, sizes.target_fps)          # [N] source frame per output frame
     frames = None
@@ -547,6 +755,118 @@ def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, siz
             "box": list(sb.box), "method": sb.method, "n_detections": sb.n_detections,
             "n_sampled": sb.n_sampled, "reason": sb.reason, "seconds": round(time.perf_counter() - t0, 3)}
 
+def _preprocess_reference(src: Path, dst: Path, cfg: PreprocessConfig, sizes: Preset, detector: Detector | None,
+                          buffer_mb: int) -> dict:
+    """Reference mode of `preprocess_clip`: the windows' source frames, cropped as ssvp_slt does, stored losslessly."""
+    t0 = time.perf_counter()
+    if dst.suffix != ".mkv":
+        raise ValueError(f"{dst}: reference crops are Matroska files — name it {dst.stem}.mkv")
+    n_src, fps, (H, W) = probe_video(src)
+    wins = reference_windows(n_src, fps, sizes)
+    keep = sorted(set(np.concatenate([w.indices for w in wins]).tolist()))   # stored source frames
+    idx = np.arange(n_src)
+    decode = lambda ks: _select_frames(src, idx, n_src, (H, W), ks)
+    need = sorted(set(keep) | set(range(0, n_src, max(1, cfg.detection_sampling_rate))))
+    held = dict(decode(need)) if len(need) * H * W * 3 <= buffer_mb * 2 ** 20 else None   # short clip: one pass
+
+    def select(ks):
+        ks = sorted(set(int(k) for k in ks))
+        return ((k, held[k]) for k in ks) if held is not None and all(k in held for k in ks) else decode(ks)
+
+    sb = _find_box_reference(select, n_src, W, H, src, cfg, detector)
+    size = sizes.crop_size
+    meta = {"format": REFERENCE_CROP_FORMAT, "mode": "reference", "num_frames": sizes.num_frames, "crop_size": size,
+            "overlap": 0.5, "src_frames": n_src, "src_fps": fps, "box": list(sb.box), "frames": keep,
+            "windows": [{"start": w.start, "indices": w.indices.tolist(), "padding": int(w.padding)} for w in wins]}
+    with atomic_path(dst) as tmp, LosslessWriter(tmp, size, size, meta) as w:
+        for _, frame in select(keep):
+            w.write(crop_frame(frame, sb.box, size, bilinear=True))            # [H, W, 3] -> [size, size, 3]
+        if w.n != len(keep):
+            raise VideoError(f"{src}: wrote {w.n} frames, expected {len(keep)}")
+    return {"n_frames": len(keep), "src_frames": int(n_src), "src_fps": round(fps, 3),
+            "box": list(sb.box), "method": sb.method, "n_detections": sb.n_detections,
+            "n_sampled": sb.n_sampled, "reason": sb.reason, "seconds": round(time.perf_counter() - t0, 3),
+            "mode": "reference", "box_float": list(sb.box_float), "windows": len(wins),
+            "padding": [int(w.padding) for w in wins]}
+
+# %% ../nbs/03_video.ipynb #c7a1e20b
+CROP_META_TAG = "SONAR_THESIS_CROPS"   # Matroska tag of a reference crop clip (JSON)
+REFERENCE_CROP_FORMAT = 1
+
+class LosslessWriter:
+    """Write RGB uint8 frames [H, W, 3] bit-exactly: H.264 RGB at qp 0 (libx264rgb) in Matroska, with a JSON tag."""
+    def __init__(self, path: str | Path, width: int, height: int, meta: dict, fps: int = 25):
+        import av
+        self.path, self.n = Path(path), 0
+        self.container = av.open(str(path), mode="w", format="matroska", container_options={"fflags": "+bitexact"})
+        self.container.metadata[CROP_META_TAG] = json.dumps(meta, separators=(",", ":"))
+        self.stream = self.container.add_stream(
+            "libx264rgb", rate=fps, options={"qp": "0", "preset": CROP_X264_PRESET, "threads": "1"})
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "rgb24"
+
+    def write(self, frame: np.ndarray):
+        """Encode one RGB uint8 frame [H, W, 3]."""
+        import av
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self.n
+        self.n += 1
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+
+    def close(self):
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+def read_crop_meta(path: str | Path) -> dict | None:
+    """The windows tag of a reference crop clip, or None for any other video."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            raw = c.metadata.get(CROP_META_TAG)
+    except Exception as e:
+        raise VideoError(f"{path}: cannot open ({_short(e)}) — re-run the preprocess stage for it") from None
+    return None if raw is None else json.loads(raw)
+
+def _iter_stored_windows(path, meta: dict, sizes: Preset, overlap: float = 0.5
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Windows of a reference crop clip: decode its frames in order, yield each window once its frames are in."""
+    T, c = sizes.num_frames, sizes.crop_size
+    if (meta.get("num_frames"), meta.get("crop_size")) != (T, c):
+        raise VideoError(f"{path}: reference crops of {meta.get('num_frames')} frames × {meta.get('crop_size')} px, "
+                         f"the preset needs {T} × {c} — re-run the preprocess stage with this preset")
+    if abs(float(meta.get("overlap", 0.5)) - overlap) > 1e-9:
+        raise VideoError(f"{path}: reference crops hold the windows of overlap {meta.get('overlap')}, asked for "
+                         f"{overlap} — use those windows, or preprocess.mode: resample (whole 25-fps clips)")
+    stored = meta["frames"]                                   # source frame of each stored frame, ascending
+    frames = _pyav_select(path, np.arange(len(stored)), len(stored), range(len(stored)), (c, c))
+    held: dict[int, np.ndarray] = {}                          # source index -> frame [c, c, 3]
+    got, wins = 0, meta["windows"]
+    try:
+        for i, w in enumerate(wins):
+            top = max(w["indices"])
+            while got < len(stored) and (got == 0 or stored[got - 1] < top):
+                k, f = next(frames)
+                held[stored[k]] = f
+                got += 1
+            missing = set(w["indices"]) - held.keys()
+            if missing:
+                raise VideoError(f"{path}: the clip lacks source frames {sorted(missing)[:5]} of window {i} — re-crop it")
+            yield np.stack([held[s] for s in w["indices"]]), reference_pad_mask(int(w["padding"]), T)   # [T, c, c, 3]
+            if i + 1 < len(wins):
+                low = min(wins[i + 1]["indices"])
+                held = {s: f for s, f in held.items() if s >= low}
+    finally:
+        frames.close()
+
 # %% ../nbs/03_video.ipynb #dfb550de
 def resolve_video_path(manifest: str | Path, video_path: str | Path) -> Path:
     """A manifest's `video_path`: absolute as is; relative → against the manifest's folder, else the working dir."""
@@ -557,6 +877,13 @@ def resolve_video_path(manifest: str | Path, video_path: str | Path) -> Path:
     return beside if beside.exists() or not p.exists() else p
 
 def _settings(cfg: PreprocessConfig, sizes: Preset, crf: int) -> dict:
+    if cfg.resolved_mode(sizes) == "reference":          # (the resample settings stay as they were: same sidecars)
+        return {"mode": "reference", "format": REFERENCE_CROP_FORMAT, "crop_method": cfg.crop_method,
+                "detection_sampling_rate": cfg.detection_sampling_rate,
+                "expand": [cfg.expand_left_right, cfg.expand_up, cfg.expand_down],
+                "min_detection_confidence": cfg.min_detection_confidence, "crop_size": sizes.crop_size,
+                "num_frames": sizes.num_frames, "sampling_rate": sizes.sampling_rate, "target_fps": sizes.target_fps,
+                "codec": "libx264rgb qp 0", "x264_preset": CROP_X264_PRESET}
     return {"crop_method": cfg.crop_method, "detection_sampling_rate": cfg.detection_sampling_rate,
             "expand": [cfg.expand_left_right, cfg.expand_up, cfg.expand_down],
             "min_detection_confidence": cfg.min_detection_confidence, "crop_size": sizes.crop_size,
@@ -618,6 +945,7 @@ def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: Prep
     header = manifest_tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(cfg, sizes, crf)
+    suffix = ".mkv" if cfg.resolved_mode(sizes) == "reference" else ".mp4"
 
     done: dict[str, dict] = {}       # id -> clip info (new or resumed)
     failures, tasks, seen, skipped = [], [], set(), 0
@@ -633,7 +961,7 @@ def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: Prep
                              "error": f"{manifest_tsv}: duplicate id {cid!r} (only the first row is used)"})
             continue
         seen.add(cid)
-        dst, sidecar = out_dir / f"{cid}.mp4", out_dir / f"{cid}.json"
+        dst, sidecar = out_dir / f"{cid}{suffix}", out_dir / f"{cid}.json"
         if dst.is_file() and sidecar.is_file():
             try:
                 info = read_json(sidecar)
@@ -662,7 +990,7 @@ def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: Prep
         info = done.get(r["id"])
         if info is None:
             continue
-        crop = out_dir / f"{r['id']}.mp4"
+        crop = out_dir / f"{r['id']}{suffix}"
         out_rows.append({**r, "video_path": os.path.relpath(crop, out_manifest.parent), "n_frames": info["n_frames"]})
     write_tsv(out_manifest, out_rows, header)
 

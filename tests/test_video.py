@@ -94,7 +94,7 @@ def test_iter_windows_decodes_the_right_frames(tmp_path):
 def test_astronaut_crop_with_mediapipe(tmp_path):
     frame, face = astronaut_frame()
     src = write_video(tmp_path / "astro.mp4", [frame] * 40, fps=25)
-    info = preprocess_clip(src, tmp_path / "crop.mp4", MP, SONAR)
+    info = preprocess_clip(src, tmp_path / "crop.mp4", PreprocessConfig(crop_method="mediapipe", mode="resample"), SONAR)
     assert info["method"] == "mediapipe" and info["n_detections"] == 3 and info["n_frames"] == 40
     x0, y0, x1, y1 = info["box"]
     assert x1 - x0 == y1 - y0 and x0 < face[0] and face[2] < x1 and y0 < face[1] and face[3] < y1
@@ -300,3 +300,92 @@ def test_frame_size_disagreement_falls_back_to_decord(tmp_path):
     assert np.array_equal(np.stack(pyav), np.stack(via_decord))
     assert np.abs(np.stack(pyav).reshape(30, -1).mean(1) - (10 + 3 * idx)).max() < 2
     assert [k for k, _ in _select_frames(p, idx, n, shape, [7, 3, 3, 29])] == [3, 7, 29]
+
+
+# ---------------------------------------------------------------- reference mode (ssvp_slt; golden cases: test_golden_preprocess)
+def _counter_video(path, n, fps, w=96, h=64):
+    """Frame k shows k: three flat thirds at levels 20·d + 25 for its decimal digits (any fps, a Fraction)."""
+    import av
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps, options={"crf": "4", "preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for k in range(n):
+            f = np.empty((h, w, 3), np.uint8)
+            for j in range(3):
+                f[:, j * w // 3:(j + 1) * w // 3] = 20 * (k // 10 ** j % 10) + 25
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24"); vf.pts = k
+            for pk in s.encode(vf): c.mux(pk)
+        for pk in s.encode(): c.mux(pk)
+    return path
+
+
+def _counter_value(frames):
+    w = frames.shape[2]
+    digit = lambda j: np.round((frames[:, 8:-8, j * w // 3 + 6:(j + 1) * w // 3 - 6].mean((1, 2, 3)) - 25) / 20)
+    return sum(10 ** j * digit(j) for j in range(3)).astype(int)
+
+
+def test_config_mode_is_validated():
+    from sonar_thesis.config import Config, ConfigError, from_dict
+    with pytest.raises(ConfigError, match="preprocess.mode"):
+        from_dict(Config, {"preprocess": {"mode": "exact"}})
+    cfg = from_dict(Config, {"preset": "small"})
+    assert cfg.preprocess.mode == "auto" and cfg.preprocess.resolved_mode(cfg.sizes) == "reference"
+    assert PreprocessConfig(mode="resample").resolved_mode(SONAR) == "resample"
+    assert PreprocessConfig(mode="reference").resolved_mode(TINY) == "reference"
+
+
+@pytest.mark.parametrize("n,fps", [(300, "2997/100"), (255, "25"), (37, "60"), (700, "30000/1001")])
+def test_reference_windows_decode_the_reference_frames(tmp_path, n, fps):
+    """iter_windows(mode='reference') on a raw clip: each slot holds the source frame reference_windows names."""
+    from fractions import Fraction
+    from sonar_thesis.video import reference_windows
+    src = _counter_video(tmp_path / "k.mp4", n, Fraction(fps))
+    wins = list(iter_windows(src, SONAR, mode="reference"))
+    ref = reference_windows(n, float(Fraction(fps)), SONAR)
+    assert len(wins) == len(ref)
+    for (frames, pad), w in zip(wins, ref):
+        assert frames.shape == (128, 64, 96, 3)
+        assert _counter_value(frames).tolist() == w.indices.tolist()
+        assert pad.sum() == w.padding and pad[128 - w.padding:].all()
+
+
+def test_reference_crop_clip_is_lossless_reproducible_and_self_describing(tmp_path):
+    from fractions import Fraction
+    from sonar_thesis.video import _select_frames, crop_frame, probe_video, read_crop_meta, reference_windows
+    src = _counter_video(tmp_path / "k.mp4", 400, Fraction(30000, 1001), w=320, h=180)
+    cfg = PreprocessConfig(crop_method="none")                         # the reference's centre fallback box
+    with pytest.raises(ValueError, match="mkv"):
+        preprocess_clip(src, tmp_path / "crop.mp4", cfg, SONAR)
+    info = preprocess_clip(src, tmp_path / "a.mkv", cfg, SONAR)
+    again = preprocess_clip(src, tmp_path / "b.mkv", cfg, SONAR, buffer_mb=0)    # two decode passes
+    assert info["mode"] == "reference" and info["box"] == [115, 45, 205, 135] and info["method"] == "center"
+    assert sha(tmp_path / "a.mkv") == sha(tmp_path / "b.mkv")                      # same bytes, either path
+    meta = read_crop_meta(tmp_path / "a.mkv")
+    ref = reference_windows(400, 30000 / 1001, SONAR)
+    assert meta["frames"] == sorted(set(np.concatenate([w.indices for w in ref]).tolist()))
+    assert len(meta["frames"]) == info["n_frames"] and read_crop_meta(src) is None
+    n, fps, shape = probe_video(src)
+    every = dict(_select_frames(src, np.arange(n), n, shape))
+    for mode in ("resample", "reference"):                              # a reference clip brings its own windows
+        stored = list(iter_windows(tmp_path / "a.mkv", SONAR, mode=mode))
+        assert len(stored) == len(ref)
+        for (x, pad), w in zip(stored, ref):
+            want = np.stack([crop_frame(every[k], info["box"], 224, bilinear=True) for k in w.indices])
+            assert np.array_equal(x, want) and pad.sum() == w.padding
+    with pytest.raises(VideoError, match="the preset needs 32"):
+        next(iter_windows(tmp_path / "a.mkv", TINY))
+
+
+def test_reference_manifest_writes_mkv_and_resumes(corpus, tmp_path):
+    from sonar_thesis.video import reference_windows
+    out = tmp_path / "crops" / "test"
+    rep = preprocess_manifest(corpus, out, PreprocessConfig(crop_method="none"), SONAR, workers=1, progress=False)
+    assert rep["counts"]["ok"] == 3 and rep["counts"]["failed"] == 4 and rep["settings"]["mode"] == "reference"
+    rows = read_tsv(tmp_path / "crops" / "test.tsv")
+    assert [r["video_path"] for r in rows] == ["test/a.mkv", "test/b.mkv", "test/c.mkv"]
+    assert all(read_json(out / f"{r['id']}.json")["mode"] == "reference" for r in rows)
+    assert rows[0]["n_frames"] == str(len(set(np.concatenate([w.indices for w in reference_windows(30, 30.0, SONAR)]))))
+    again = preprocess_manifest(corpus, out, PreprocessConfig(crop_method="none"), SONAR, workers=1, progress=False)
+    assert again["counts"]["skipped_existing"] == 3 and again["counts"]["written"] == 0
+
