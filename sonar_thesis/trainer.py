@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -35,9 +36,9 @@ from .io import atomic_path, read_json, save_torch, sha256sum, write_json
 # %% auto #0
 __all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_device', 'resolve_precision', 'autocast_context', 'DistInfo',
            'setup_distributed', 'BucketBatchSampler', 'param_groups', 'make_optimizer', 'WarmupCosine',
-           'effective_warmup', 'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'rng_state',
-           'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference', 'load_trimmed',
-           'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo', 'set_gradient_checkpointing',
+           'effective_warmup', 'make_scheduler', 'save_checkpoint', 'CheckpointReadError', 'load_checkpoint',
+           'load_weights', 'rng_state', 'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference',
+           'load_trimmed', 'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo', 'set_gradient_checkpointing',
            'inputs_fingerprint', 'model_signature', 'train']
 
 # %% ../nbs/08_trainer.ipynb #d3a52ef5
@@ -329,12 +330,26 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return save_torch(payload, path)
 
 
+class CheckpointReadError(RuntimeError):
+    """A trainer checkpoint that cannot be loaded (truncated, corrupt, or pickling more than tensors)."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a trainer checkpoint (`weights_only=True`)."""
+    """Load a trainer checkpoint (`weights_only=True`); a broken or non-tensor file is one line naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint — did the training run finish?")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")   # a foreign pickle: refused below
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointReadError(f"{path}: not a readable trainer checkpoint ({type(e).__name__}: {first}) — "
+                                  f"delete it to train afresh") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointReadError(f"{path}: not a trainer checkpoint (no 'model' entry) — delete it to train afresh")
+    return ckpt
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
@@ -753,8 +768,15 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
             else:
                 _say(f"{done_path} is from other settings; training afresh")
         if decision == "fresh" and resume and last_path.exists():
-            ckpt = load_checkpoint(last_path)
-            if ckpt.get("fingerprint") == fp:
+            try:
+                ckpt = load_checkpoint(last_path)
+            except CheckpointReadError as e:   # a kill mid-copy, a disk error, a foreign file: keep it aside, start over
+                bad = last_path.with_name("last.pt.unreadable")
+                os.replace(last_path, bad)
+                _say(f"{e}; moved to {bad.name} and training afresh")
+            if ckpt is None:
+                pass
+            elif ckpt.get("fingerprint") == fp:
                 decision = "resume"
                 saved_ref = ckpt.get("frozen")      # None: a full state dict (nothing frozen, or format 1)
                 if saved_ref and saved_ref["sha256"] != (frozen_ref or {}).get("sha256"):

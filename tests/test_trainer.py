@@ -8,6 +8,7 @@ This file doubles as the worker script of the subprocess tests:
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -24,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sonar_thesis.config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from sonar_thesis.trainer import StepInfo, load_checkpoint, load_weights, train
+from sonar_thesis.trainer import CheckpointReadError, StepInfo, load_checkpoint, load_weights, train
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve()
@@ -350,3 +351,25 @@ if __name__ == "__main__":
 def test_validation_cadence(tmp_path, every_epochs, every_steps, expected):
     _, res = run(tmp_path / "run", training={"eval_every_n_epochs": every_epochs, "eval_every_n_steps": every_steps})
     assert [h["step"] for h in res.history] == expected
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle"])
+def test_unreadable_last_pt_is_set_aside_and_training_starts_afresh(tmp_path, content, capsys):
+    """A truncated or non-tensor last.pt: one message, the file kept as last.pt.unreadable, a fresh run."""
+    import pickle
+    ref_model, ref = run(tmp_path / "ref")
+    with pytest.raises(_Kill):
+        run(tmp_path / "run", on_step=lambda info: (_ for _ in ()).throw(_Kill()) if info.step == 5 else None)
+    last = tmp_path / "run" / "last.pt"
+    assert last.exists()
+    if content == "garbage":
+        last.write_bytes(last.read_bytes()[:100])                     # a kill mid-copy
+    else:
+        last.write_bytes(pickle.dumps({"model": argparse.Namespace(x=1)}))   # pickles a Python object
+    model, res = run(tmp_path / "run")
+    assert "not a readable trainer checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "run" / "last.pt.unreadable").exists()
+    assert_same_weights(model.state_dict(), ref_model.state_dict(), exact=True)
+    assert res.history == ref.history
+    with pytest.raises(CheckpointReadError, match=r"last\.pt\.unreadable: not a readable trainer checkpoint"):
+        load_checkpoint(tmp_path / "run" / "last.pt.unreadable")
