@@ -347,8 +347,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointReadError(f"{path}: not a readable trainer checkpoint ({type(e).__name__}: {first}) — "
                                   f"delete it to train afresh") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointReadError(f"{path}: not a trainer checkpoint (no 'model' entry) — delete it to train afresh")
+    if not isinstance(ckpt, dict):
+        raise CheckpointReadError(f"{path}: not a trainer checkpoint (a {type(ckpt).__name__}, not a dict) — "
+                                  f"delete it to train afresh")
     return ckpt
 
 
