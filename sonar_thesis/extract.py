@@ -174,7 +174,10 @@ class WindowDataset(IterableDataset):
         self.crop, self.overlap, self.decode_threads = crop, overlap, decode_threads
 
     def _windows(self, file: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        it = iter_windows(file, self.sizes, self.overlap, self.decode_threads)
+        # uncropped videos: the crop config's mode (reference: ssvp_slt's windows, bilinear); crop clips of the
+        # reference mode carry their own windows, whatever the mode
+        mode = self.crop.resolved_mode(self.sizes) if self.crop is not None else "resample"
+        it = iter_windows(file, self.sizes, self.overlap, self.decode_threads, mode=mode)
         if self.crop is None:
             yield from it
             return
@@ -185,7 +188,7 @@ class WindowDataset(IterableDataset):
                 continue
             if box is None:
                 box = find_signer_box(file, self.crop, self.sizes).box
-            yield np.stack([crop_frame(f, box, size) for f in frames]), pad   # [T, size, size, 3]
+            yield np.stack([crop_frame(f, box, size, bilinear=mode == "reference") for f in frames]), pad   # [T, size, size, 3]
 
     def _check(self, frames: np.ndarray, file: Path):
         c, T = self.sizes.crop_size, self.sizes.num_frames

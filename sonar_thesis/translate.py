@@ -135,17 +135,18 @@ def check_tokenizer_fits(tokenizer: SonarTokenizer, decoder: str | Path, synthet
 
 # %% ../nbs/09_translate.ipynb #ffaac937
 def iter_clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
-                      overlap: float = 0.5) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                      overlap: float = 0.5, mode: str = "resample",   # cfg.preprocess.resolved_mode(sizes)
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream a clip's windows: uint8 `[T, H, W, 3]` (each frame cropped to `box` if given) and padding `[T]`."""
-    for f, pad in iter_windows(path, sizes, overlap):
+    for f, pad in iter_windows(path, sizes, overlap, mode=mode):        # reference crop clips: their own windows
         if box is not None:
-            f = np.stack([crop_frame(x, box, sizes.crop_size) for x in f])
+            f = np.stack([crop_frame(x, box, sizes.crop_size, bilinear=mode == "reference") for x in f])
         yield f, pad
 
 def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
-                 overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                 overlap: float = 0.5, mode: str = "resample") -> tuple[np.ndarray, np.ndarray]:
     """All windows of a clip: uint8 `[W, T, H, W, 3]` and padding `[W, T]` (training clips; `stream_features` for long ones)."""
-    frames, pads = zip(*iter_clip_windows(path, sizes, box, overlap))
+    frames, pads = zip(*iter_clip_windows(path, sizes, box, overlap, mode))
     return np.stack(frames), np.stack(pads)
 
 def normalize_windows(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
@@ -202,7 +203,7 @@ _AUTO_BATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -
 def stream_features(path: str | Path, signhiera: SignHiera, sizes: Preset, box: Sequence[int] | None = None,
                     device: str | torch.device = "cpu", batch_windows: int | None = None,
                     max_units: int | None = None, overlap: float = 0.5, max_batch_windows: int = 8,
-                    timings: dict | None = None) -> torch.Tensor:
+                    timings: dict | None = None, mode: str = "resample") -> torch.Tensor:
     """A clip's SignHiera features `[N, C]` (windows concatenated), streamed `batch_windows` windows at a time.
 
     `batch_windows=None`: measured on the first window (≤ `max_batch_windows`); `max_units`: stop once that many
@@ -211,7 +212,7 @@ def stream_features(path: str | Path, signhiera: SignHiera, sizes: Preset, box: 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     known = _AUTO_BATCH.get(signhiera, {}).get(str(dev)) if batch_windows is None else batch_windows
     size = known or 1
-    windows = iter_clip_windows(path, sizes, box, overlap)
+    windows = iter_clip_windows(path, sizes, box, overlap, mode)
     chunks, n_units, t_dec, t_sh = [], 0, 0.0, 0.0
     while max_units is None or n_units < max_units:
         t = time.perf_counter()
@@ -698,10 +699,11 @@ def translate_video(path: str | Path, models: Pretrained, cfg: Config, signhiera
     `batch_windows`: windows per SignHiera pass (None: measured); `stop_early`: no windows past `data.max_source_length` units."""
     sizes, sh, tr = cfg.sizes, signhiera or models.signhiera, translator or models.translator
     clock = _Clock(device)
-    box = find_signer_box(path, cfg.preprocess, sizes).box if crop else None
+    box = find_signer_box(path, cfg.preprocess, sizes).box if crop else None     # mode-aware (reference: ssvp_slt)
     t_box, t = clock.lap(), {}
     feats = stream_features(path, sh, sizes, box, device, batch_windows,
-                            cfg.data.max_source_length if stop_early else None, timings=t)
+                            cfg.data.max_source_length if stop_early else None, timings=t,
+                            mode=cfg.preprocess.resolved_mode(sizes))
     clock.lap()
     feats = feats[: cfg.data.max_source_length].float()[None]                          # [1, N, C]
     t_dc, t_sh = t_box + 1000 * t["decode"], 1000 * t["signhiera"]
