@@ -19,7 +19,7 @@ from ruamel.yaml.error import YAMLError
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['RENAMED', 'PRESETS', 'OptimizerName', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset',
+__all__ = ['RANGES', 'RENAMED', 'PRESETS', 'OptimizerName', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset',
            'SynthDomainConfig', 'SynthConfig', 'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig',
            'HardwareConfig', 'LoggingConfig', 'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config',
            'LandmarksConfig', 'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'yaml12',
@@ -74,16 +74,43 @@ def _check(value, tp, key: str):
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        _check_range(value, key)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        _check_range(float(value), key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+# Allowed ranges of numeric keys, by the key's last name (first match wins; the rest: >= 0). One table, so a
+# negative batch size, a zero learning rate or a fraction above 1 stops at load time, naming the key.
+RANGES: tuple[tuple[str, float, float, bool], ...] = (   # (name regex, low, high, low exclusive)
+    (r"\w*learning_rate", 0.0, float("inf"), True),
+    (r"alpha", 0.0, 1.0, True),
+    (r"freeze_fraction|\w*overlap|\w*confidence|dropout|label_smoothing|\w*jitter", 0.0, 1.0, False),
+    (r"\w*batch_size|\w*epochs|gradient_accumulation_steps|\w*beam_size|width|height|fps|dpi|\w*_width|"
+     r"bootstrap_samples|detection_sampling_rate|max_source_length|max_target_length|tokenizer_vocab_size|"
+     r"n_signers|save_every_n_steps|save_total_limit|log_every_n_steps|n_samples", 1, float("inf"), False),
+    (r"font_size", 8.0, float("inf"), False),
+    (r"\w+", 0, float("inf"), False),
+)
+
+def _check_range(value: float, key: str) -> None:
+    if "[" in key:
+        return
+    name = key.rsplit(".", 1)[-1]
+    for pattern, lo, hi, open_low in RANGES:
+        if re.fullmatch(pattern, name):
+            if (value <= lo if open_low else value < lo) or value > hi:
+                low = f"> {lo:g}" if open_low else f">= {lo:g}"
+                rng = low if hi == float("inf") else f"{low} and <= {hi:g}"
+                raise ConfigError(f"{key}: must be {rng}, got {value!r}")
+            return
 
 RENAMED = {"data.how2sign_dir": "data.root"}   # old key -> new key (a clear error instead of "unknown key")
 

@@ -752,6 +752,9 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
                                  info.rank, seed, training.length_bucketing, megabatches)
     spe = sampler.steps_per_epoch
     total_steps = stage.epochs * spe if max_steps is None else min(stage.epochs * spe, max_steps)
+    if total_steps <= 0:   # would save the untrained starting weights as if they were a result
+        raise ValueError(f"{out_dir}: nothing to train ({n} items, {stage.epochs} epochs, max_steps {max_steps}) — "
+                         f"check the training manifest and the stage's epochs; nothing was written")
     fp = _fingerprint(stage, training, hardware, seed, n, sampler.global_batch_size, max_steps, fingerprint, model)
     last_path, best_path, done_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / DONE_FILE
     ckpt_dir = out_dir / "checkpoints"

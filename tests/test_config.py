@@ -47,3 +47,24 @@ def test_how2sign_overlay_loads(params):
     cfg = load_config(params)
     assert cfg.dataset == "how2sign" and cfg.preset == "sonar" and cfg.data.root == "data/how2sign"
     assert list(cfg.domain_dirs()) == ["target"]
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("stage1:\n  epochs: -1\n", r"stage1\.epochs: must be >= 1, got -1"),
+    ("stage2:\n  batch_size: 0\n", r"stage2\.batch_size: must be >= 1, got 0"),
+    ("stage1:\n  freeze_fraction: 1.5\n", r"stage1\.freeze_fraction: must be >= 0 and <= 1, got 1\.5"),
+    ("stage2:\n  learning_rate: 0\n", r"stage2\.learning_rate: must be > 0, got 0"),
+    ("training:\n  warmup_steps: -5\n", r"training\.warmup_steps: must be >= 0, got -5"),
+    ("model:\n  dropout: 2.0\n", r"model\.dropout: must be >= 0 and <= 1"),
+    ("stage1:\n  learning_rate: '1e-4'\n", r"stage1\.learning_rate: expected a number, got str '1e-4'"),
+])
+def test_out_of_range_values_stop_at_load_naming_the_key(params, tmp_path, yaml_text, message):
+    over = tmp_path / "over.yaml"
+    over.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(params, over)
+
+
+def test_every_shipped_params_file_is_in_range(params):
+    for overlays in ([], ["smoke.yaml"], ["how2sign.yaml"], ["how2sign.yaml", "how2sign_ci.yaml"]):
+        load_config(params, *[ROOT / "configs" / o for o in overlays])

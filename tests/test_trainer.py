@@ -373,3 +373,10 @@ def test_unreadable_last_pt_is_set_aside_and_training_starts_afresh(tmp_path, co
     assert res.history == ref.history
     with pytest.raises(CheckpointReadError, match=r"last\.pt\.unreadable: not a readable trainer checkpoint"):
         load_checkpoint(tmp_path / "run" / "last.pt.unreadable")
+
+
+def test_a_run_with_no_steps_writes_nothing(tmp_path):
+    """epochs 0 (params.yaml refuses it; code may not): a clear error, no checkpoint holding the starting weights."""
+    with pytest.raises(ValueError, match=r"nothing to train \(46 items, 0 epochs"):
+        run(tmp_path / "run", epochs=0)
+    assert not any((tmp_path / "run").glob("*.pt")) if (tmp_path / "run").exists() else True
