@@ -82,6 +82,25 @@ def test_every_stage_wrote_its_outputs(real):
     assert (work / "figures" / "metric_bars.png").stat().st_size > 1000
 
 
+def test_crops_are_reference_mode(real):
+    """Preset small has the published input sizes: the crops are ssvp_slt's (reference mode, lossless .mkv with
+    their windows) and match the prepared clips' frame counts and rates."""
+    from sonar_thesis.video import probe_video, read_crop_meta, reference_windows, resolve_video_path
+    work, _, cfg, _, _ = real
+    assert cfg.preset == "small" and cfg.preprocess.resolved_mode(cfg.sizes) == "reference"
+    for split in cfg.data.splits:
+        m = work / cfg.preprocess.output_dir / "target" / f"{split}.tsv"
+        prepared = {r["id"]: r for r in read_tsv(work / cfg.data.prepared_dir / "target" / f"{split}.tsv")}
+        for r in read_tsv(m):
+            crop = resolve_video_path(m, r["video_path"])
+            meta = read_crop_meta(crop)
+            assert crop.suffix == ".mkv" and meta["mode"] == "reference", crop
+            n, fps, _ = probe_video(work / prepared[r["id"]]["video_path"])    # relative to the repo root
+            ref = reference_windows(n, fps, cfg.sizes)
+            assert (meta["src_frames"], [w["padding"] for w in meta["windows"]]) == (n, [w.padding for w in ref])
+            assert [w["indices"] for w in meta["windows"]] == [w.indices.tolist() for w in ref]
+
+
 def test_second_repro_is_up_to_date_and_a_csv_edit_reruns_prepare_and_downstream_only(real):
     work, env, cfg, _, _ = real
     status = _run(["dvc", "status", "--json"], work, env)
