@@ -793,7 +793,7 @@ def _preprocess_reference(src: Path, dst: Path, cfg: PreprocessConfig, sizes: Pr
 CROP_META_TAG = "SONAR_THESIS_CROPS"   # Matroska tag of a reference crop clip (JSON)
 REFERENCE_CROP_FORMAT = 1
 
-class LosslessWriter:
+class LosslessWriter(H264Writer):
     """Write RGB uint8 frames [H, W, 3] bit-exactly: H.264 RGB at qp 0 (libx264rgb) in Matroska, with a JSON tag."""
     def __init__(self, path: str | Path, width: int, height: int, meta: dict, fps: int = 25):
         import av
@@ -812,19 +812,6 @@ class LosslessWriter:
         self.n += 1
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
-
-    def close(self):
-        if self.container is None:
-            return
-        try:
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-        finally:
-            self.container.close()
-            self.container = None
-
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
 
 def read_crop_meta(path: str | Path) -> dict | None:
     """The windows tag of a reference crop clip, or None for any other video."""
