@@ -149,3 +149,23 @@ def test_extra_leading_column_and_nan_timestamps(tmp_path):
     sentences, problems = read_how2sign_csv(p)
     assert [s.sentence_name for s in sentences] == ["v_0-1-rgb_front"] and sentences[0].text == "Good."
     assert [(q["id"], q["reason"]) for q in problems] == [("v_1-1-rgb_front", "bad_timestamps")]
+
+
+def test_cutting_many_sentences_of_one_video_gives_the_same_bytes_every_time(tmp_path):
+    """x264's MB-tree once made the last clip of a multi-sentence cut depend on stale memory (2-5 variants in 6 cuts)."""
+    import hashlib
+    from sonar_thesis.data import Sentence, cut_video, probe_video
+    from sonar_thesis.config import load_config
+    from sonar_thesis.synth import plan_corpus, render_video, write_video
+    synth = load_config(Path(__file__).parents[1] / "params.yaml").synth
+    plan = next(p for p in plan_corpus(synth) if p["video_id"] == "Rtay6n2ESFo")  # one that showed it
+    frames, _ = render_video(plan)
+    write_video(tmp_path / "full.mp4", frames, plan["fps"], plan["width"], plan["height"])
+    v = probe_video(tmp_path / "full.mp4")
+    spans = [(0.92, 3.96), (5.44, 8.76), (10.12, 12.28), (13.52, 15.24)]   # its sentences in the default corpus
+    sents = [Sentence(2 + k, "v", "full", f"v_{k}", f"s{k}", a, b, "x") for k, (a, b) in enumerate(spans)]
+    variants = set()
+    for k in range(6):
+        cut_video(v, sents, tmp_path / f"cut{k}")
+        variants.add(tuple(hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / f"cut{k}").glob("*.mp4"))))
+    assert len(variants) == 1, f"{len(variants)} different results from 6 cuts"
