@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from .config import PRESETS, PreprocessConfig, Preset, load_config
-from .io import atomic_path, read_json, read_tsv, save_torch, write_json, write_tsv
+from .io import (atomic_path, read_json, read_tsv, remove_other_outputs, save_torch, sha256sum, write_json,
+                             write_tsv)
 from .video import VideoError, crop_frame, find_signer_box, iter_windows, resolve_video_path, write_video
 
 # %% auto #0
@@ -326,16 +327,31 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def _check_settings(out_dir: Path, settings: dict) -> None:
+def _check_settings(out_dir: Path, settings: dict, on_change: Literal["error", "restart"] = "error") -> None:
+    """Guard a folder against mixing settings; `restart` empties it instead (a pipeline stage's persistent output)."""
     p = out_dir / "extract.json"
     if p.is_file():
         old = read_json(p)
         diff = {k: {"folder": old.get(k), "now": v} for k, v in settings.items() if old.get(k) != v}
-        if diff:
+        if diff and on_change == "restart":
+            n = _empty_folder(out_dir)
+            print(f"{out_dir}: made with other settings ({', '.join(diff)}) — starting over, {n} files removed", flush=True)
+        elif diff:
             raise ValueError(f"{out_dir} holds features made with other settings ({p}): {json.dumps(diff)[:800]}. "
                              "Extract into a new folder, or delete this one to start over.")
-    else:
-        write_json(p, settings)
+        else:
+            return
+    write_json(p, settings)
+
+
+def _empty_folder(folder: Path) -> int:
+    n = 0
+    for f in sorted(folder.rglob("*"), reverse=True):      # files before their folders
+        if f.is_dir() and not f.is_symlink():
+            f.rmdir()
+        else:
+            f.unlink(); n += 1
+    return n
 
 
 _TMP_RE = re.compile(r"^\.(?P<id>.+)\.[a-z0-9_]{8}\.tmp\.pt$")   # atomic_path's temp name for {id}.pt
@@ -350,6 +366,19 @@ def _remove_stale_temps(out_dir: Path, ids: set[str]) -> int:
             if m and m["id"] in ids:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path); n += 1
+    return n
+
+
+def _remove_unlisted(out_dir: Path, ids: set[str]) -> int:
+    """Delete the feature and info files of clips that are not in the manifest (any more)."""
+    n = 0
+    with os.scandir(out_dir) as it:
+        for e in it:
+            for suffix in (INFO_SUFFIX, FEATURE_SUFFIX):
+                if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file():
+                    if e.name[: -len(suffix)] not in ids:
+                        os.unlink(e.path); n += 1
+                    break
     return n
 
 
@@ -678,6 +707,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                      prefetch_factor: int = 2,              # batches in flight per worker
                      producer: VideoProducer | None = None, # per-video features instead of SignHiera windows (see above)
                      max_batch_size: int = 8,               # the cap of batch_size="auto"
+                     mirror: bool = False,                  # the folder mirrors manifest + settings (DVC stages, see below)
                      ) -> dict:
     """Extract SignHiera features (or a producer's) for (this rank's shard of) a manifest into `out_dir/{id}.pt`; resumable."""
     if (model is None) == (producer is None):
@@ -703,7 +733,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
                               "model": model_fingerprint(model)})
     else:
         settings = _jsonable({"format": 1, "producer": producer.settings})
-    _check_settings(out_dir, settings)
+    _check_settings(out_dir, settings, "restart" if mirror else "error")
 
     failures: list[dict] = []
     def fail(r: dict, reason: str, detail: str):
@@ -719,6 +749,14 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     failures = [f for i, f in enumerate(failures) if i % world == rank]   # each rank reports a share
     mine = valid[rank::world]
     _remove_stale_temps(out_dir, {r["id"] for r in mine})
+    if mirror:
+        _remove_unlisted(out_dir, {r["id"] for r in valid})   # clips no longer in the manifest
+
+    def input_of(r: dict) -> str | None:      # a finished file is reused only while its input is unchanged
+        try:
+            return sha256sum(resolve_video_path(manifest_tsv, r["video_path"]))
+        except OSError:
+            return None
 
     done_rows: dict[str, dict] = {}
     todo: list[dict] = []
@@ -728,13 +766,13 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     for r in mine:
         p = out_dir / f"{r['id']}{FEATURE_SUFFIX}"
         if p.is_file():
-            info = _load_info(out_dir / f"{r['id']}{INFO_SUFFIX}") if info_columns else None
+            info = _load_info(out_dir / f"{r['id']}{INFO_SUFFIX}")
             try:
-                if info_columns and info is None:   # a producer's features without their info: redo
-                    raise ValueError("no info file")
+                if info is None or info.get("input_sha256") != input_of(r):
+                    raise ValueError("no record of the input, or the input changed")
                 done_rows[r["id"]] = row_out(r, load_features(p, mmap=True).shape[0], info)
                 continue
-            except ValueError:            # unreadable (e.g. damaged on disk later): redo it
+            except ValueError:            # stale, or unreadable (e.g. damaged on disk later): redo it
                 p.unlink()
         if str(r.get("n_frames", "")).strip() == "0":
             fail(r, "zero_frames", f"{manifest_tsv}: {r['id']} has n_frames 0 in the manifest")
@@ -746,8 +784,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     def store(r: dict, feats: torch.Tensor, info: dict | None = None):
         """One finished video: its info file first, then its features (the file whose existence means done)."""
         nonlocal new
-        if info_columns:
-            _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", info or {})
+        _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", {**(info or {}), "input_sha256": input_of(r)})
         save_features(feats, out_dir / f"{r['id']}{FEATURE_SUFFIX}")
         done_rows[r["id"]] = row_out(r, feats.shape[0], info)
         new += 1

@@ -9,13 +9,14 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'save_torch', 'write_json', 'read_json', 'sha256sum', 'write_tsv',
-           'read_tsv']
+__all__ = ['MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'save_torch', 'write_json', 'read_json', 'sha256sum',
+           'remove_other_outputs', 'write_tsv', 'read_tsv']
 
 # %% ../nbs/00a_io.ipynb #6f79621e
 def _umask() -> int:
@@ -94,6 +95,21 @@ def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+# %% ../nbs/00a_io.ipynb #d240367c
+def remove_other_outputs(root: str | Path, keep: list[str]) -> list[str]:
+    """Delete everything under `root` except the relative paths in `keep` (and folders holding them)."""
+    root = Path(root)
+    kept = {Path(k) for k in keep}
+    parents = {p for k in kept for p in k.parents}
+    removed = []
+    for p in sorted(root.rglob("*")) if root.is_dir() else []:
+        rel = p.relative_to(root)
+        if rel in kept or rel in parents or any(a in kept for a in rel.parents) or not os.path.lexists(p):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        removed.append(str(rel))
+    return removed
 
 # %% ../nbs/00a_io.ipynb #6b27cfdb
 MANIFEST_COLUMNS = ("id", "video_path", "n_frames", "translation")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, LandmarksConfig, load_config
 from .extract import ExtractFailure, extract_manifest, load_features
-from .io import read_json, read_tsv, write_json, write_tsv
+from .io import read_json, read_tsv, remove_other_outputs, write_json, write_tsv
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
 from .trainer import inputs_fingerprint, load_checkpoint, load_weights, resolve_device, save_checkpoint, train
@@ -28,12 +28,12 @@ from .video import VideoError, iter_frames, probe_video, resample_indices
 
 # %% auto #0
 __all__ = ['FACE_POSE_IDS', 'BODY_POSE_IDS', 'HAND_POINTS', 'CHANNELS', 'MIN_VISIBILITY', 'MIN_POSE_FRACTION', 'LANDMARK_FORMAT',
-           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'LANDMARK_PRESETS', 'pose_ids', 'landmark_names',
-           'landmark_dim', 'NoSigner', 'normalize_landmarks', 'holistic_points', 'holistic_landmarks', 'panned_photo',
-           'first_frame', 'groundtruth_points', 'groundtruth_clip', 'compare_sources', 'LandmarkProducer', 'unflatten',
-           'write_photo_clips', 'skdata_astronaut', 'groundtruth_index', 'mediapipe_check', 'extract_landmarks',
-           'LandmarkT5', 'build_landmark_model', 't5_parameter_count', 'count_parameters', 'save_landmark_model',
-           'load_landmark_model', 'train_landmarks', 'predict_landmarks']
+           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'RUN_DEPENDENT', 'LANDMARK_PRESETS', 'pose_ids',
+           'landmark_names', 'landmark_dim', 'NoSigner', 'normalize_landmarks', 'holistic_points', 'holistic_landmarks',
+           'panned_photo', 'first_frame', 'groundtruth_points', 'groundtruth_clip', 'compare_sources',
+           'LandmarkProducer', 'unflatten', 'write_photo_clips', 'skdata_astronaut', 'groundtruth_index',
+           'mediapipe_check', 'extract_landmarks', 'LandmarkT5', 'build_landmark_model', 't5_parameter_count',
+           'count_parameters', 'save_landmark_model', 'load_landmark_model', 'train_landmarks', 'predict_landmarks']
 
 # %% ../nbs/15_landmarks.ipynb #a0392ca2
 FACE_POSE_IDS = tuple(range(11))          # MediaPipe Pose 0–10: nose, eyes, ears, mouth corners
@@ -230,8 +230,8 @@ class LandmarkProducer:
         if npz is None or not Path(npz).is_file():
             raise ExtractFailure("no_signer" if why else "no_groundtruth",
                                  f"{file}: {why + '; ' if why else ''}no renderer keypoints for {row['id']}")
-        n, fps, _ = probe_video(file)
-        return groundtruth_clip(self._keypoints(npz), row, n, fps, self.cfg.face_subset, self.target_fps)
+        info = probe_video(file)
+        return groundtruth_clip(self._keypoints(npz), row, info.n_frames, info.fps, self.cfg.face_subset, self.target_fps)
 
     def __call__(self, row: dict, file: Path) -> tuple[torch.Tensor, dict]:
         t0 = time.perf_counter()
@@ -332,8 +332,8 @@ def mediapipe_check(cfg: Config, n_clips: int = CHECK_CLIPS, domain: str = "targ
         file = resolve_video_path(manifest, row["video_path"])
         try:
             pts, pres, rates = holistic_landmarks(iter_frames(file), lm.face_subset, lm.min_detection_confidence)
-            n, fps, _ = probe_video(file)
-            err = compare_sources(pts, pres, *groundtruth_clip(gt[row["id"]], row, n, fps, lm.face_subset))
+            info = probe_video(file)
+            err = compare_sources(pts, pres, *groundtruth_clip(gt[row["id"]], row, info.n_frames, info.fps, lm.face_subset))
         except (VideoError, ExtractFailure, NoSigner, KeyError) as e:
             out.append({"id": row["id"], "error": f"{type(e).__name__}: {e}"})
             continue
@@ -369,7 +369,7 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
             producer = LandmarkProducer(lm, gt)
             out = root / domain / split
             rep = extract_manifest(manifest, None, out, None, num_workers=cfg.hardware.num_workers,
-                                   progress=progress, producer=producer)
+                                   progress=progress, producer=producer, mirror=True)   # persistent: resumes
             splits[f"{domain}/{split}"] = _split_summary(out, rep)
             for f in rep["failures"][:5]:
                 print(f"failed {domain}/{split} {f['id']}: {f['reason']} — {f['detail']}")
@@ -382,8 +382,17 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
               "landmarks": landmark_names(lm.face_subset), "channels": list(CHANNELS), "fps": TARGET_FPS,
               "sources": dict(sorted(total.items())), "failed": sum(s["failed"] for s in splits.values()),
               "splits": splits, "mediapipe_check": check, "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(root / "report.json", report)
+    remove_other_outputs(root, list(splits) + ["report.json"])
+    write_json(root / "report.json", _without(report, RUN_DEPENDENT))   # a rerun or a resume writes the same bytes
     return report
+
+
+RUN_DEPENDENT = ("extracted", "skipped_existing", "seconds", "ms_per_frame")   # returned and printed, not stored
+
+def _without(d, keys):
+    if isinstance(d, dict):
+        return {k: _without(v, keys) for k, v in d.items() if k not in keys}
+    return [_without(v, keys) for v in d] if isinstance(d, list) else d
 
 # %% ../nbs/15_landmarks.ipynb #fe54e178
 LANDMARK_PRESETS = {   # T5 sizes, frame_stack (consecutive frames per encoder position) and dropout

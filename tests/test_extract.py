@@ -250,3 +250,31 @@ def test_auto_batch_and_progress_lines_in_a_log(corpus, reference, tmp_path, cap
     rep = extract_manifest(manifest, model, tmp_path / "low", TINY, num_workers=1, progress=False, max_batch_size=8)
     assert rep["batch_size"] == int(0.8 * 100 * 2**20 // (cost.peak_bytes + 5 * 32 * 64 * 64 * 3)) == 3
     assert_matches(tmp_path / "low", reference)
+
+
+def test_mirror_folder_redoes_changed_inputs_drops_removed_clips_restarts_on_new_settings(corpus, reference, tmp_path,
+                                                                                           capsys):
+    """A DVC stage's persistent folder: reused only where the input clip is unchanged; nothing stale survives."""
+    import shutil
+    root, manifest, model = corpus
+    rows = [r for r in read_tsv(manifest) if r["id"] in GOOD[:4]]
+    work = tmp_path / "crops"
+    (work / "test").mkdir(parents=True)
+    for r in rows:                                                  # own copies of the clips, to change one
+        shutil.copy(root / r["video_path"], work / r["video_path"])
+    m = write_tsv(work / "m.tsv", rows, HEADER)
+    out = tmp_path / "features"
+    first = extract_manifest(m, model, out, TINY, num_workers=0, progress=False, mirror=True)
+    assert first["extracted"] == 4
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    shutil.copy(root / "test" / "clip4.mp4", work / "test" / "clip1.mp4")   # clip1 now shows other frames
+    m = write_tsv(work / "m.tsv", [r for r in rows if r["id"] != "clip3"], HEADER)   # clip3 left the manifest
+    rep = extract_manifest(m, model, out, TINY, num_workers=0, progress=False, mirror=True)
+    assert (rep["skipped_existing"], rep["extracted"]) == (2, 1)
+    assert not (out / "clip3.pt").exists() and not (out / "clip3.info.json").exists()
+    assert torch.allclose(load_features(out / "clip1.pt"), reference["clip4"], atol=ATOL)
+    assert all((out / n).read_bytes() == before[n] for n in ("clip0.pt", "clip2.pt", "clip0.info.json"))
+    rep = extract_manifest(m, model, out, TINY, num_workers=0, progress=False, mirror=True, overlap_policy="trim")
+    assert rep["extracted"] == 3 and "starting over" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="other settings"):         # without mirror: stop, as before
+        extract_manifest(m, model, out, TINY, num_workers=0, progress=False)
