@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import logging
 import math
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -21,10 +22,13 @@ from tqdm.auto import tqdm
 from .config import Config, DataConfig, load_config
 from .io import MANIFEST_COLUMNS, atomic_path, read_tsv, write_json, write_tsv
 
+_logger = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['HOW2SIGN_COLUMNS', 'VIDEO_SUFFIXES', 'Sentence', 'detect_delimiter', 'read_how2sign_csv', 'index_videos', 'VideoInfo',
-           'probe_video', 'cut_video', 'validate_sentences', 'check_against_video', 'prepare_split', 'prepare',
-           'format_report', 'write_test_video', 'make_fixture', 'prepare_all']
+__all__ = ['HOW2SIGN_COLUMNS', 'VIDEO_SUFFIXES', 'Sentence', 'detect_delimiter', 'read_how2sign_csv', 'index_videos',
+           'VideoError', 'open_video', 'VideoInfo', 'probe_video', 'cut_video', 'validate_sentences',
+           'check_against_video', 'prepare_split', 'prepare', 'format_report', 'write_test_video', 'make_fixture',
+           'prepare_all']
 
 # %% ../nbs/02_data.ipynb #c292752b
 HOW2SIGN_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME",
@@ -104,31 +108,89 @@ def index_videos(root: str | Path) -> dict[str, Path]:
             out.setdefault(p.stem, p)
     return out
 
+class VideoError(RuntimeError):
+    """A video that is missing, undecodable or empty; the message names the file."""
+
+def _short(e: BaseException) -> str:
+    """First meaningful line of an exception (decord's carry a C++ stack trace)."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(("[bt]", "Stack"))]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+def open_video(path: str | Path, num_threads: int = 1):
+    """Open `path` with decord (RGB frames); return `(reader, n_frames, fps)` or raise VideoError."""
+    import decord
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes) — re-cut or re-download it")
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        n, fps = len(vr), float(vr.get_avg_fps())
+    except Exception as e:
+        raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
+    if n <= 0:
+        raise VideoError(f"{path}: video has 0 frames")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"{path}: no usable frame rate ({fps!r})")
+    return vr, n, fps
+
+def _get_batch(vr, indices, path) -> np.ndarray:
+    """Decode source frames `indices` (sorted, unique) with decord → uint8 [K, H, W, 3]; errors name the file."""
+    try:
+        return vr.get_batch(list(map(int, indices))).asnumpy()
+    except Exception as e:
+        raise VideoError(f"{path}: decoding frames {indices[0]}..{indices[-1]} failed ({_short(e)})") from None
+
 @dataclass
 class VideoInfo:
     path: Path
     fps: float
     n_frames: int
-    duration: float   # seconds
+    duration: float          # seconds
+    shape: tuple[int, int]   # (H, W) of a decoded frame
+    reader: str              # 'decord' | 'pyav': the decoder that reads this file
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Frame rate, frame count and duration of a video; raises ValueError naming the file if unreadable."""
-    path = Path(path)
+def _probe_pyav(path: Path) -> VideoInfo:
+    """PyAV's reading: the container's frame count (else its packets), rate, and frame 0 decoded; raises VideoError."""
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise ValueError("no video stream")
             st = c.streams.video[0]
             fps = float(st.average_rate or st.guessed_rate or 0)
-            n = st.frames
-            if not n:  # container without a frame count: count packets
-                n = sum(1 for pk in c.demux(st) if pk.size)
-            dur = n / fps if fps else 0.0
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: unreadable video ({e})") from None
-    if fps <= 0 or n <= 0:
-        raise ValueError(f"{path}: unreadable video (fps={fps}, frames={n})")
-    return VideoInfo(path, fps, int(n), dur)
+            n = st.frames or sum(1 for pk in c.demux(st) if pk.size)   # no count in the container: its packets
+        with av.open(str(path)) as c:
+            first = next(c.decode(video=0), None)
+            if first is None:
+                raise ValueError("no frame decodes")
+    except Exception as e:
+        raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
+    if n <= 0:
+        raise VideoError(f"{path}: video has 0 frames")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"{path}: no usable frame rate ({fps!r})")
+    return VideoInfo(path, fps, int(n), n / fps, (first.height, first.width), "pyav")
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame rate, count, duration and size of a video by the project's one reading rule: decord when it opens
+    the file and decodes frame 0, else PyAV (`reader` says which); VideoError naming the file when neither can."""
+    path = Path(path)
+    try:
+        vr, n, fps = open_video(path)
+        shape = tuple(_get_batch(vr, [0], path).shape[1:3])
+        del vr                                       # a live reader that has decoded inflates memory (03_video)
+        return VideoInfo(path, fps, n, n / fps, shape, "decord")
+    except VideoError as e:
+        if not path.is_file() or path.stat().st_size == 0:
+            raise
+        refused = e
+    try:
+        info = _probe_pyav(path)
+    except VideoError:
+        raise refused from None                      # neither reads it: decord's reason, as before
+    _logger.info("%s: decord refuses it (%s); it is read with PyAV", path, refused)
+    return info
 
 # %% ../nbs/02_data.ipynb #1e1405a1
 def _open_encoder(path: Path, width: int, height: int, fps: float, crf: int):
@@ -259,7 +321,7 @@ def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: 
             continue
         try:
             info = probe_video(videos[name])
-        except ValueError as e:
+        except VideoError as e:
             problems += [_problem(s, "unreadable_video", str(e)) for s in group]
             continue
         group, p3, c = check_against_video(group, info, cfg.timestamp_tolerance)
@@ -318,7 +380,7 @@ def _tick(it, bar):
 def _count_frames(path: Path) -> int:
     try:
         return probe_video(path).n_frames
-    except ValueError:
+    except VideoError:
         return 0
 
 # %% ../nbs/02_data.ipynb #b2c6bb5d

@@ -24,61 +24,80 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .config import PRESETS, PreprocessConfig, Preset, load_config
+from .data import VideoError, VideoInfo, _get_batch, _short, open_video, probe_video
 from .io import MANIFEST_COLUMNS, atomic_path, read_json, read_tsv, write_json, write_tsv
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Box', 'Detector', 'CROP_X264_PRESET', 'CROP_META_TAG', 'REFERENCE_CROP_FORMAT', 'VideoError', 'open_video',
-           'probe_video', 'H264Writer', 'write_video', 'resample_indices', 'Window', 'window_spans', 'iter_windows',
-           'iter_frames', 'normalize', 'RefWindow', 'reference_windows', 'reference_pad_mask', 'square_box',
-           'expand_box', 'int_box', 'center_box', 'crop_frame', 'reference_expand', 'reference_center_box',
-           'reference_int_box', 'reference_border', 'MediapipeFaceDetector', 'dlib_model_path', 'DlibFaceDetector',
-           'get_detector', 'iou', 'Tube', 'TubeLinker', 'region_motion', 'SignerBox', 'choose_signer_box',
-           'find_signer_box', 'reference_flow', 'reference_tube_box', 'reference_signer_box', 'preprocess_clip',
-           'LosslessWriter', 'read_crop_meta', 'resolve_video_path', 'preprocess_manifest']
+__all__ = ['Box', 'Detector', 'CROP_X264_PRESET', 'CROP_META_TAG', 'REFERENCE_CROP_FORMAT', 'FrameReader', 'H264Writer',
+           'write_video', 'resample_indices', 'Window', 'window_spans', 'iter_windows', 'iter_frames', 'normalize',
+           'RefWindow', 'reference_windows', 'reference_pad_mask', 'square_box', 'expand_box', 'int_box', 'center_box',
+           'crop_frame', 'reference_expand', 'reference_center_box', 'reference_int_box', 'reference_border',
+           'MediapipeFaceDetector', 'dlib_model_path', 'DlibFaceDetector', 'get_detector', 'iou', 'Tube', 'TubeLinker',
+           'region_motion', 'SignerBox', 'choose_signer_box', 'find_signer_box', 'reference_flow', 'reference_tube_box',
+           'reference_signer_box', 'preprocess_clip', 'LosslessWriter', 'read_crop_meta', 'resolve_video_path',
+           'preprocess_manifest']
 
 # %% ../nbs/03_video.ipynb #b89a3cab
-class VideoError(RuntimeError):
-    """A video that is missing, undecodable or empty; the message names the file."""
+class FrameReader:
+    """Source frames of one video in batches of sorted indices, by the reading rule of `probe_video`: decord's
+    `get_batch` where decord decodes the file; PyAV — one forward pass, reopened for a step back — for a file
+    decord cannot open, from the first batch decord fails on."""
+    def __init__(self, path: str | Path, num_threads: int = 1):
+        self.path, self._pyav = Path(path), None
+        try:
+            self.vr, self.n, self.fps = open_video(path, num_threads)
+        except VideoError:
+            info = probe_video(path)                 # PyAV reads it, or the error naming the file
+            self.vr, self.n, self.fps = None, info.n_frames, info.fps
 
-def _short(e: BaseException) -> str:
-    """First meaningful line of an exception (decord's carry a C++ stack trace)."""
-    lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(("[bt]", "Stack"))]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    @property
+    def reader(self) -> str:
+        return "decord" if self.vr is not None else "pyav"
 
-def open_video(path: str | Path, num_threads: int = 1):
-    """Open `path` with decord (RGB frames); return `(reader, n_frames, fps)` or raise VideoError."""
-    import decord
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: no such video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes) — re-cut or re-download it")
-    try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-        n, fps = len(vr), float(vr.get_avg_fps())
-    except Exception as e:
-        raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
-    if n <= 0:
-        raise VideoError(f"{path}: video has 0 frames")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"{path}: no usable frame rate ({fps!r})")
-    return vr, n, fps
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """Source frames `indices` (sorted) → uint8 [K, H, W, 3]; errors name the file."""
+        if self.vr is not None:
+            try:
+                batch = _get_batch(self.vr, indices, self.path)
+                self.vr.seek(0)                      # reset decord's decoder (memory, see above)
+                return batch
+            except VideoError as e:
+                _logger.info("%s (decord); reading it with PyAV", e)
+                self.vr = None
+        return np.stack([self._pyav_frame(int(i)) for i in indices])
 
-def _get_batch(vr, indices: Sequence[int], path) -> np.ndarray:
-    """Decode source frames `indices` (sorted, unique) → uint8 [K, H, W, 3]; errors name the file."""
-    try:
-        return vr.get_batch(list(map(int, indices))).asnumpy()
-    except Exception as e:
-        raise VideoError(f"{path}: decoding frames {indices[0]}..{indices[-1]} failed ({_short(e)})") from None
+    def _pyav_frame(self, i: int) -> np.ndarray:
+        import av
+        from av.video.reformatter import VideoReformatter
+        st = self._pyav
+        if st is None or i < st["pos"]:              # first request, or behind the decoder: (re)open
+            self.close()
+            c = av.open(str(self.path))
+            st = self._pyav = dict(c=c, it=c.decode(video=0), pos=-1, frame=None, rgb=None, conv=VideoReformatter())
+        try:
+            while st["pos"] < i:
+                f = next(st["it"], None)
+                if f is None:                        # the container promised more frames than it holds
+                    if st["frame"] is None:
+                        raise VideoError(f"{self.path}: no frame could be decoded")
+                    _logger.warning("%s: frame %d of %d missing; repeating frame %d", self.path, i, self.n, st["pos"])
+                    break
+                st["pos"], st["frame"], st["rgb"] = st["pos"] + 1, f, None
+        except VideoError:
+            raise
+        except Exception as e:
+            raise VideoError(f"{self.path}: decoding failed after {st['pos'] + 1} frames ({_short(e)})") from None
+        if st["rgb"] is None:                        # converted once, however often it is asked for
+            st["rgb"] = st["conv"].reformat(st["frame"], format="rgb24").to_ndarray()   # [H, W, 3]
+        return st["rgb"]
 
-def probe_video(path: str | Path) -> tuple[int, float, tuple[int, int]]:
-    """`(n_frames, fps, (H, W))` of a video, as decord sees it (frame 0 is decoded); raises VideoError."""
-    vr, n, fps = open_video(path)
-    shape = tuple(_get_batch(vr, [0], path).shape[1:3])
-    del vr                                                   # a live reader that has decoded inflates memory
-    return n, fps, shape
+    def close(self):
+        """Close PyAV's container (decord's reader goes with the object)."""
+        if self._pyav is not None:
+            self._pyav["c"].close()
+            self._pyav = None
 
 # %% ../nbs/03_video.ipynb #90e42d23
 class H264Writer:
@@ -185,7 +204,8 @@ def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_thre
         return
     if mode not in ("resample", "reference"):
         raise ValueError(f"iter_windows: mode must be 'resample' or 'reference', got {mode!r}")
-    vr, n_src, fps = open_video(path, num_threads)
+    reader = FrameReader(path, num_threads)
+    n_src, fps = reader.n, reader.fps
     if mode == "reference":                                    # [T] source frames per slot, padding count
         plan = [(w.indices, reference_pad_mask(w.padding, sizes.num_frames))
                 for w in reference_windows(n_src, fps, sizes, overlap)]
@@ -193,21 +213,22 @@ def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_thre
         idx = resample_indices(n_src, fps, sizes.target_fps)    # [N] source frame per 25-fps frame
         plan = [(idx[w.indices], w.pad) for w in window_spans(len(idx), sizes.num_frames, sizes.sampling_rate, overlap)]
     cache: dict[int, np.ndarray] = {}                          # previous window's frames by source index
-    for src, pad in plan:                                      # src [T] source frames of this window
-        need = sorted(set(src.tolist()) - cache.keys())
-        if need:
-            batch = _get_batch(vr, need, path)                 # [K, H, W, 3]
-            vr.seek(0)                                         # reset decord's decoder (memory, see above)
-            cache.update(zip(need, batch))
-        frames = np.stack([cache[s] for s in src.tolist()])    # [T, H, W, 3]
-        keep = set(src.tolist())
-        cache = {k: v for k, v in cache.items() if k in keep}
-        yield frames, pad.copy()
+    try:
+        for src, pad in plan:                                  # src [T] source frames of this window
+            need = sorted(set(src.tolist()) - cache.keys())
+            if need:
+                cache.update(zip(need, reader.get_batch(need)))   # [K, H, W, 3]
+            frames = np.stack([cache[s] for s in src.tolist()])   # [T, H, W, 3]
+            keep = set(src.tolist())
+            cache = {k: v for k, v in cache.items() if k in keep}
+            yield frames, pad.copy()
+    finally:
+        reader.close()
 
 def iter_frames(path: str | Path, target_fps: int = 25) -> Iterator[np.ndarray]:
     """Stream every frame of a video resampled to `target_fps` (uint8 [H, W, 3]; a repeated frame is the same array)."""
-    n_src, fps, shape = probe_video(path)
-    for _, frame in _select_frames(path, resample_indices(n_src, fps, target_fps), n_src, shape):
+    info = probe_video(path)
+    for _, frame in _select_frames(path, resample_indices(info.n_frames, info.fps, target_fps), info.n_frames, info.shape):
         yield frame
 
 class _ShapeMismatch(Exception):
@@ -252,7 +273,7 @@ def _select_frames(path, idx: np.ndarray, n_src: int, shape: tuple[int, int],
     """`(k, frame uint8 [H, W, 3])` for 25-fps indices `ks` (default all), in order, streaming.
 
     Sequential passes pull frames from PyAV (flat memory, see below); if PyAV's frame size differs from
-    decord's `shape` (H, W), decord is used one frame at a time."""
+    `probe_video`'s `shape` (H, W: decord's), decord is used one frame at a time (`FrameReader`)."""
     ks = list(range(len(idx))) if ks is None else sorted(set(int(k) for k in ks))
     if not ks:
         return
@@ -261,9 +282,12 @@ def _select_frames(path, idx: np.ndarray, n_src: int, shape: tuple[int, int],
         first = next(gen)
     except _ShapeMismatch as e:
         _logger.info("%s: PyAV and decord frame sizes differ (%s); decoding with decord", path, e)
-        vr, _, _ = open_video(path)
-        for k in ks:
-            yield k, _get_batch(vr, [int(idx[k])], path)[0]
+        reader = FrameReader(path)
+        try:
+            for k in ks:
+                yield k, reader.get_batch([int(idx[k])])[0]
+        finally:
+            reader.close()
         return
     yield first
     yield from gen
@@ -601,7 +625,8 @@ def find_signer_box(path: str | Path, cfg: PreprocessConfig, sizes: Preset,
                     detector: Detector | None = None) -> SignerBox:
     """The one signer box of the video at `path` (faces on every `detection_sampling_rate`-th 25-fps frame,
     or source frame in reference mode)."""
-    n_src, fps, (H, W) = probe_video(path)
+    info = probe_video(path)
+    n_src, fps, (H, W) = info.n_frames, info.fps, info.shape
     if cfg.resolved_mode(sizes) == "reference":
         select = lambda ks: _select_frames(path, np.arange(n_src), n_src, (H, W), ks)
         return _find_box_reference(select, n_src, W, H, path, cfg, detector)
@@ -735,7 +760,8 @@ def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, siz
     src, dst = Path(src), Path(dst)
     if cfg.resolved_mode(sizes) == "reference":
         return _preprocess_reference(src, dst, cfg, sizes, detector, buffer_mb)
-    n_src, fps, (H, W) = probe_video(src)
+    info = probe_video(src)
+    n_src, fps, (H, W) = info.n_frames, info.fps, info.shape
     idx = resample_indices(n_src, fps, sizes.target_fps)          # [N] source frame per output frame
     frames = None
     if len(np.unique(idx)) * H * W * 3 <= buffer_mb * 2 ** 20:       # short clip: one decode pass
@@ -761,7 +787,8 @@ def _preprocess_reference(src: Path, dst: Path, cfg: PreprocessConfig, sizes: Pr
     t0 = time.perf_counter()
     if dst.suffix != ".mkv":
         raise ValueError(f"{dst}: reference crops are Matroska files — name it {dst.stem}.mkv")
-    n_src, fps, (H, W) = probe_video(src)
+    info = probe_video(src)
+    n_src, fps, (H, W) = info.n_frames, info.fps, info.shape
     wins = reference_windows(n_src, fps, sizes)
     keep = sorted(set(np.concatenate([w.indices for w in wins]).tolist()))   # stored source frames
     idx = np.arange(n_src)

@@ -53,7 +53,8 @@ def test_one_clip_through_the_full_size_real_path(tmp_path, repo_root):
     manifest = Path(cfg.data.prepared_dir) / "target" / "test.tsv"
     (row,) = read_tsv(manifest)
     assert rep["test"]["written"] == 1 and row["id"].startswith("-")
-    n_src, fps, (h, w) = probe_video(resolve_video_path(manifest, row["video_path"]))
+    info = probe_video(resolve_video_path(manifest, row["video_path"]))
+    n_src, fps, (h, w) = info.n_frames, info.fps, info.shape
     assert (w, h) == (1280, 720) and abs(fps - 29.97) < 0.01 and abs(n_src / fps - 8.0) < 0.2
     lap("prepare")
 
@@ -62,7 +63,7 @@ def test_one_clip_through_the_full_size_real_path(tmp_path, repo_root):
                               out_manifest=crops / "test.tsv")
     assert rep["counts"]["written"] == 1 and rep["methods"] == {"mediapipe": 1}, rep   # the fixture's face is found
     (crop_row,) = read_tsv(crops / "test.tsv")
-    assert probe_video(resolve_video_path(crops / "test.tsv", crop_row["video_path"]))[2] == (224, 224)
+    assert probe_video(resolve_video_path(crops / "test.tsv", crop_row["video_path"])).shape == (224, 224)
     lap("preprocess")
 
     feats_dir = tmp_path / "features" / "target" / "test"

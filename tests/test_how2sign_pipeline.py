@@ -95,7 +95,8 @@ def test_crops_are_reference_mode(real):
             crop = resolve_video_path(m, r["video_path"])
             meta = read_crop_meta(crop)
             assert crop.suffix == ".mkv" and meta["mode"] == "reference", crop
-            n, fps, _ = probe_video(work / prepared[r["id"]]["video_path"])    # relative to the repo root
+            info = probe_video(work / prepared[r["id"]]["video_path"])       # relative to the repo root
+            n, fps = info.n_frames, info.fps
             ref = reference_windows(n, fps, cfg.sizes)
             assert (meta["src_frames"], [w["padding"] for w in meta["windows"]]) == (n, [w.padding for w in ref])
             assert [w["indices"] for w in meta["windows"]] == [w.indices.tolist() for w in ref]

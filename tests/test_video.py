@@ -291,7 +291,8 @@ def test_frame_size_disagreement_falls_back_to_decord(tmp_path):
     """Sequential passes decode with PyAV; if its frame size disagrees with decord's (rotation), decord is used."""
     from sonar_thesis.video import _select_frames, probe_video
     p = write_video(tmp_path / "g.mp4", (np.full((48, 64, 3), 10 + 3 * i, np.uint8) for i in range(36)), fps=30)
-    n, fps, shape = probe_video(p)
+    info = probe_video(p)
+    n, fps, shape = info.n_frames, info.fps, info.shape
     assert (n, fps, shape) == (36, 30.0, (48, 64))
     idx = resample_indices(n, fps, 25)
     ks, pyav = zip(*_select_frames(p, idx, n, shape))
@@ -365,7 +366,8 @@ def test_reference_crop_clip_is_lossless_reproducible_and_self_describing(tmp_pa
     ref = reference_windows(400, 30000 / 1001, SONAR)
     assert meta["frames"] == sorted(set(np.concatenate([w.indices for w in ref]).tolist()))
     assert len(meta["frames"]) == info["n_frames"] and read_crop_meta(src) is None
-    n, fps, shape = probe_video(src)
+    probe = probe_video(src)
+    n, shape = probe.n_frames, probe.shape
     every = dict(_select_frames(src, np.arange(n), n, shape))
     for mode in ("resample", "reference"):                              # a reference clip brings its own windows
         stored = list(iter_windows(tmp_path / "a.mkv", SONAR, mode=mode))
@@ -389,3 +391,42 @@ def test_reference_manifest_writes_mkv_and_resumes(corpus, tmp_path):
     again = preprocess_manifest(corpus, out, PreprocessConfig(crop_method="none"), SONAR, workers=1, progress=False)
     assert again["counts"]["skipped_existing"] == 3 and again["counts"]["written"] == 0
 
+
+
+# ---------------------------------------------------------------- one reading rule (decord, PyAV where decord refuses)
+@pytest.mark.parametrize("size, pix_fmt", [((48, 34), "yuv420p"), ((64, 48), "yuv420p"), ((63, 47), "yuv444p")])
+def test_every_reader_gives_pyavs_frames(tmp_path, size, pix_fmt):
+    """48×34 H.264 decodes in PyAV but not in decord: probe, batch reads, iter_frames and iter_windows (both modes)
+    all read it, with PyAV's frame count and pixels — as they read the sizes decord handles."""
+    import av
+    import sonar_thesis.data
+    from sonar_thesis.video import FrameReader, _select_frames, probe_video, reference_windows
+    w, h = size
+    p = tmp_path / f"{w}x{h}.mp4"
+    rng = np.random.default_rng(w)
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"crf": "10"})
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        for _ in range(50):
+            for pk in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (h, w, 3), np.uint8), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    with av.open(str(p)) as c:
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])   # [50, H, W, 3] PyAV's frames
+    assert sonar_thesis.data.probe_video is probe_video                             # one probe, one place
+    info = probe_video(p)
+    assert (info.n_frames, info.fps, info.shape) == (50, 25.0, (h, w))
+    assert info.reader == ("pyav" if w == 48 else "decord")
+    fr = FrameReader(p)
+    assert (fr.n, fr.fps) == (50, 25.0) and np.array_equal(fr.get_batch(range(50)), ref)
+    assert np.array_equal(fr.get_batch([3, 7]), ref[[3, 7]])                       # a step back
+    fr.close()
+    assert np.array_equal(np.stack(list(iter_frames(p))), ref)
+    assert np.array_equal(np.stack([f for _, f in _select_frames(p, np.arange(50), 50, info.shape)]), ref)
+    for mode, spans in (("resample", [w_.indices for w_ in window_spans(50, TINY.num_frames, TINY.sampling_rate)]),
+                        ("reference", [w_.indices for w_ in reference_windows(50, 25.0, TINY)])):
+        wins = list(iter_windows(p, TINY, mode=mode))
+        assert len(wins) == len(spans)
+        for (frames, _), idx in zip(wins, spans):
+            assert np.array_equal(frames, ref[idx])
