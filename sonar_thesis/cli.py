@@ -143,19 +143,12 @@ def _keys_of(ckpt) -> list[str]:
     return list(ckpt) if isinstance(ckpt, dict) else []
 
 def _check_video(path: Path) -> None:
-    """Fail with one clear line on a missing or undecodable file, before native decoders print their own noise."""
-    import av
+    """Fail with one clear line on a missing or undecodable file, before native decoders print their own noise
+    (the project's one reading rule, `probe_video`: decord, else PyAV)."""
+    from sonar_thesis.video import probe_video
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file")
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ValueError("no video stream")
-            next(c.decode(video=0))
-    except StopIteration:
-        raise ValueError(f"{path}: video has no frames") from None
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable video ({type(e).__name__}: {e}) — re-encode it or check the download") from None
+    probe_video(path)
 
 def _translate_items(videos: list[Path], manifest: Optional[Path]) -> list[tuple[str, Path]]:
     """(id, file) per video: a file's stem (its path when stems repeat), then the manifest's rows (id, video_path)."""
@@ -191,7 +184,7 @@ def translate(
     """Translate sign-language videos into sentences (SignHiera → SONAR ASL encoder → SONAR text decoder); the models load once."""
     from sonar_thesis.io import write_tsv
     from sonar_thesis.translate import TIMING_COLUMNS, load_pretrained, translate_video
-    from sonar_thesis.trainer import resolve_device
+    from sonar_thesis.extract import resolve_device
     cfg = config_from(params)
     if lang:
         cfg.model.target_lang = lang
@@ -296,7 +289,7 @@ def evaluate(
     """Translate a test split (beam 5, per-component latency) and score it: BLEU-1..4, chrF, ROUGE-L, METEOR, CIDEr."""
     from sonar_thesis.evaluate import evaluate_predictions
     from sonar_thesis.translate import load_pretrained, translate_manifest
-    from sonar_thesis.trainer import resolve_device
+    from sonar_thesis.extract import resolve_device
     cfg = config_from(params)
     dev = resolve_device(cfg.hardware.device)
     models = load_pretrained(cfg, device=dev, **_system_files(cfg, checkpoint))
@@ -323,7 +316,7 @@ def generate_translations(
     import random
     from sonar_thesis.io import read_tsv, write_json
     from sonar_thesis.translate import load_pretrained, translate_video
-    from sonar_thesis.trainer import resolve_device
+    from sonar_thesis.extract import resolve_device
     from sonar_thesis.video import resolve_video_path
     cfg = config_from(params)
     if videos.is_dir():

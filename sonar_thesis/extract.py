@@ -288,13 +288,28 @@ def shard_info(rank: int | None = None, world_size: int | None = None) -> tuple[
     return rank, world, local
 
 
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' → cuda:LOCAL_RANK when CUDA is available, else cpu; 'cuda' without an index → cuda:LOCAL_RANK."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """`hardware.device` → this process's torch.device; the one rule of every stage and command (see above)."""
+    import warnings
+    pref = str(device or "auto").strip().lower()
+    cuda_ok = torch.cuda.is_available()
+    try:
+        dev = torch.device(("cuda" if cuda_ok else "cpu") if pref == "auto" else pref)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"hardware.device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type != "cuda":
+        return dev
+    if not cuda_ok:
+        raise RuntimeError(f"hardware.device is {pref!r} but torch.cuda.is_available() is False (no usable GPU) — "
+                           f"set hardware.device: auto or cpu in params.yaml (or pass --device cpu)")
+    n_gpus = max(1, torch.cuda.device_count())
+    if dev.index is not None and world_size > 1:
+        warnings.warn(f"hardware.device {pref!r} ignored under torchrun: rank uses cuda:{local_rank % n_gpus}")
+    if dev.index is None or world_size > 1:
+        return torch.device("cuda", local_rank % n_gpus)
+    if dev.index >= n_gpus:
+        raise RuntimeError(f"hardware.device is {pref!r} but this machine has {n_gpus} GPU(s) — "
+                           f"set hardware.device: auto or cuda:0..{n_gpus - 1} in params.yaml")
     return dev
 
 
@@ -717,7 +732,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     t0 = time.perf_counter()
     manifest_tsv, out_dir = Path(manifest_tsv), Path(out_dir)
     rank, world, local_rank = shard_info(rank, world_size)
-    dev = resolve_device(device, local_rank) if producer is None else torch.device("cpu")   # producers: CPU workers
+    dev = resolve_device(device, local_rank, world) if producer is None else torch.device("cpu")   # producers: CPU workers
     amp = autocast_dtype(dev, precision) if producer is None else None
     rows = read_tsv(manifest_tsv, required=("id", "video_path"))
     header = manifest_tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")

@@ -14,7 +14,8 @@ import torch.nn as nn
 from .checkpoints import save_published
 from .config import Config, load_config
 from .io import read_json, write_json
-from .trainer import inputs_fingerprint, load_weights, resolve_device, setup_distributed, train
+from .extract import resolve_device
+from .trainer import inputs_fingerprint, load_weights, setup_distributed, train
 from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
                                     bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
                                     load_pretrained, translate_manifests)

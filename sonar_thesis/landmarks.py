@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, LandmarksConfig, load_config
-from .extract import ExtractFailure, extract_manifest, load_features
+from .extract import ExtractFailure, extract_manifest, load_features, resolve_device
 from .io import read_json, read_tsv, remove_other_outputs, write_json, write_tsv
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
-from .trainer import inputs_fingerprint, load_checkpoint, load_weights, resolve_device, save_checkpoint, train
+from .trainer import inputs_fingerprint, load_checkpoint, load_weights, save_checkpoint, train
 from .translate import TIMING_COLUMNS, FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 

@@ -31,10 +31,11 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
+from .extract import resolve_device
 from .io import atomic_path, read_json, save_torch, sha256sum, write_json
 
 # %% auto #0
-__all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_device', 'resolve_precision', 'autocast_context', 'DistInfo',
+__all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_precision', 'autocast_context', 'DistInfo',
            'setup_distributed', 'BucketBatchSampler', 'param_groups', 'make_optimizer', 'WarmupCosine',
            'effective_warmup', 'make_scheduler', 'save_checkpoint', 'CheckpointReadError', 'load_checkpoint',
            'load_weights', 'rng_state', 'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference',
@@ -95,24 +96,6 @@ def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -
     return obj
 
 # %% ../nbs/08_trainer.ipynb #dc1bf38f
-def resolve_device(pref: str = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """`hardware.device` → a torch.device for this process."""
-    pref = (pref or "auto").strip().lower()
-    cuda_ok = torch.cuda.is_available()
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if cuda_ok else torch.device("cpu")
-    if pref.startswith("cuda"):
-        if not cuda_ok:
-            raise RuntimeError(f"hardware.device is {pref!r} but torch.cuda.is_available() is False — "
-                               f"set hardware.device: auto or cpu in params.yaml")
-        if pref == "cuda" or world_size > 1:
-            if pref != "cuda":
-                warnings.warn(f"hardware.device {pref!r} ignored under torchrun: rank uses cuda:{local_rank}")
-            return torch.device(f"cuda:{local_rank}")
-        return torch.device(pref)
-    return torch.device(pref)
-
-
 def resolve_precision(mode: str, device: torch.device) -> Literal["bf16", "fp16", "no"]:
     """`hardware.mixed_precision` → the precision actually used on `device`."""
     if mode not in ("auto", "bf16", "fp16", "no"):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoints import load_published, read_checkpoint, save_published
 from .config import PRESETS, Config, HardwareConfig, Preset, StageConfig, load_config
 from .extract import (available_memory, choose_batch_size, load_features, measure_peak, merge_windows,
-                                  progress_bar)
+                                  progress_bar, resolve_device)
 from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
@@ -34,7 +34,7 @@ from .sonar import (DATA_TAGS, PAD_ID, SignToText, SonarTextDecoder, SonarTextEn
                                 sonar_text_decoder_basic, sonar_text_decoder_small, sonar_text_decoder_tiny,
                                 sonar_text_encoder_basic, sonar_text_encoder_small, sonar_text_encoder_tiny,
                                 langs_path, train_synthetic_tokenizer)
-from .trainer import inputs_fingerprint, load_weights, resolve_device, train
+from .trainer import inputs_fingerprint, load_weights, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0
