@@ -254,25 +254,25 @@ def finetune(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: hardware.device)."),
 ):
     """Staged fine-tuning: stage 1 (last 20% of SignHiera) or stage 2 (SONAR encoder + decoder)."""
-    from sonar_thesis.finetune import run_stage1, run_stage2
+    from sonar_thesis.extract import resolve_device
+    from sonar_thesis.finetune import run_stage1, run_stage2, stage_inputs
     cfg = load_config(config)
     if device:
         cfg.hardware.device = device
+    resolve_device(cfg.hardware.device)                # CUDA asked for but absent: one line, before any work
     if stage == 1:
         s = run_stage1(cfg)
-    else:
-        feats = Path("data/features/stage1")
+    else:                                              # the DVC stage's inputs (stage_inputs, 10_finetune)
+        inputs = stage_inputs(cfg, "stage2", stage1_dir=stage1_checkpoint.parent if stage1_checkpoint else None)
         if stage1_checkpoint is not None:
             from sonar_thesis.extract import build_extractor, extract_manifest
             from sonar_thesis.translate import crops_manifest
             model = build_extractor(cfg.preset, stage1_checkpoint)
             for split in ("train", "val"):
-                extract_manifest(crops_manifest(cfg, "target", split), model, feats / "target" / split, cfg.sizes,
+                extract_manifest(crops_manifest(cfg, "target", split), model,
+                                 Path(inputs["features_root"]) / "target" / split, cfg.sizes,
                                  device=cfg.hardware.device, num_workers=cfg.hardware.num_workers)
-        start = (stage1_checkpoint.parent if stage1_checkpoint is not None else Path(cfg.stage1.output_dir))
-        from sonar_thesis.finetune import stage_files
-        s = run_stage2(cfg, feats, cfg.stage2.output_dir,  # stage 1's encoder/decoder (written or recorded)
-                       start_from=start if any(stage_files(start)[k] for k in ("encoder", "decoder")) else None)
+        s = run_stage2(cfg, **inputs)
     typer.echo(f"stage {stage}: best target-val BLEU-4 {s['best_bleu_4_target_val']:.2f} at step {s['best_step']}")
 
 # %% ../nbs/16_cli.ipynb #d7be458d

@@ -21,8 +21,9 @@ from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, S
                                     load_pretrained, translate_manifests)
 
 # %% auto #0
-__all__ = ['PUBLISHED_NAMES', 'SYSTEMS', 'ABLATION_DIR', 'Stage1Stack', 'Stage2Model', 'stage1_model', 'stage2_model',
-           'save_trained', 'stage_files', 'run_stage1', 'run_stage2', 'system_paths', 'predict_system']
+__all__ = ['PUBLISHED_NAMES', 'SYSTEMS', 'ABLATION_DIR', 'FEATURES_DIRS', 'Stage1Stack', 'Stage2Model', 'stage1_model',
+           'stage2_model', 'save_trained', 'stage_files', 'run_stage1', 'run_stage2', 'system_paths', 'predict_system',
+           'stage_inputs']
 
 # %% ../nbs/10_finetune.ipynb #3e81461b
 class Stage1Stack(FrozenEval, SignStack):
@@ -196,3 +197,16 @@ def predict_system(cfg: Config, system: str, domains: tuple[str, ...] = ("target
     manifests = {d: Path(cfg.data.prepared_dir) / d / f"{split}.tsv" for d in domains}
     return translate_manifests(manifests, models, cfg, Path(out_root) / system, system, device=device,
                                limit=limit, progress=progress)
+
+# %% ../nbs/10_finetune.ipynb #1ae81673
+FEATURES_DIRS = {"stage2": "data/features/stage1", "ablation": "data/features/pretrained"}   # dvc.yaml's extract outs
+
+def stage_inputs(cfg: Config, stage: str = "stage2", stage1_dir: str | Path | None = None) -> dict:
+    """`run_stage2`'s inputs for `stage` (stage2 | ablation): `features_root`, `out_dir`, `start_from` (a stage
+    folder, None = the pretrained files); `stage1_dir` replaces `stage1.output_dir` (the CLI's --stage1-checkpoint)."""
+    if stage == "stage2":
+        return dict(features_root=FEATURES_DIRS[stage], out_dir=cfg.stage2.output_dir,
+                    start_from=str(stage1_dir or cfg.stage1.output_dir))
+    if stage == "ablation":
+        return dict(features_root=FEATURES_DIRS[stage], out_dir=ABLATION_DIR, start_from=None)
+    raise ValueError(f"stage_inputs: stage must be stage2 or ablation, got {stage!r}")

@@ -204,3 +204,35 @@ def test_cli_checkpoint_folder_uses_recorded_files(tmp_path):
     files = _system_files(Config(), tmp_path)
     assert files["encoder"] == str(tmp_path / "sonar_encoder.pth")
     assert files["decoder"] == "models/pretrained/sonar_text_decoder.pt"   # frozen in stage 1: the recorded file
+
+
+
+def test_cli_and_dvc_stage_start_stage2_from_the_same_inputs(tmp_path, monkeypatch):
+    """`sonar-thesis finetune --stage 2` and the stage2 / ablation DVC stages (10_finetune's stage cell) call
+    run_stage2 with the same features, output folder and starting weights: one function decides them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import sonar_thesis.finetune as ft
+    from sonar_thesis.cli import app
+    from sonar_thesis.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+
+    def fake_run_stage2(cfg, features_root, out_dir, start_from=None, progress=True):
+        calls.append((str(features_root), str(out_dir), None if start_from is None else str(start_from)))
+        return dict(best_bleu_4_target_val=1.0, best_step=1)
+
+    monkeypatch.setattr(ft, "run_stage2", fake_run_stage2)
+    params = tmp_path / "params.yaml"
+    params.write_text((root / "params.yaml").read_text())
+    r = CliRunner().invoke(app, ["finetune", "--stage", "2", "--config", str(params), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    nb = json.loads((root / "nbs" / "10_finetune.ipynb").read_text())
+    cell = next(s for s in ("".join(c["source"]) for c in nb["cells"]) if s.startswith("#| stage") and "run_stage2(" in s)
+    for stage in ("stage2", "ablation"):          # the DVC stages run this cell (sonar_thesis.stage)
+        exec(cell, {**vars(ft), "params_path": str(params), "stage": stage, "load_config": load_config})
+    cfg = load_config(params)
+    assert calls[0] == calls[1] == ("data/features/stage1", cfg.stage2.output_dir, cfg.stage1.output_dir)
+    assert calls[2] == ("data/features/pretrained", ft.ABLATION_DIR, None)
