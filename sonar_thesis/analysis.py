@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import AnalysisConfig, ConfigError, read_yaml
-from .evaluate import (EvaluateConfig, SCORE_COLUMNS, dataset_label, load_section,
-                                   system_label, system_sort_key)
+from .config import AnalysisConfig, Config, ConfigError, load_config
+from .evaluate import (EvaluateConfig, SCORE_COLUMNS, dataset_label, system_label, system_sort_key)
 from .io import atomic_write, read_json, read_tsv, write_json, write_tsv
 from .metrics import bootstrap_ci, corpus_scores
 
@@ -202,11 +201,11 @@ def read_shared_vocabulary(path: str | Path) -> set[str]:
     return set(words_of(path.read_text(encoding="utf-8")))
 
 
-def default_shared_vocab_path(params: dict) -> Path:
+def default_shared_vocab_path(cfg: Config) -> Path:
     """Where the shared vocabulary comes from when analysis.shared_vocab is empty (by the `dataset` switch)."""
-    if params.get("dataset", "synthetic") == "synthetic":
-        return Path((params.get("synth") or {}).get("output_dir", "data/synthetic")) / "summary.json"
-    return Path((params.get("data") or {}).get("prepared_dir", "data/prepared")) / "source" / "train.tsv"
+    if cfg.is_synthetic:
+        return Path(cfg.synth.output_dir) / "summary.json"
+    return Path(cfg.data.prepared_dir) / "source" / "train.tsv"
 
 
 def vocabulary_analysis(evaluated: dict[str, dict], shared: set[str]) -> list[dict]:

@@ -15,30 +15,21 @@ from typing import Literal
 
 import numpy as np
 
-from .config import RESERVED_NAMES, ConfigError, EvaluateConfig, _NAME_RE, from_dict, read_yaml
+from .config import RESERVED_NAMES, ConfigError, EvaluateConfig, _NAME_RE, load_config
 from .io import read_json, read_tsv, write_json, write_tsv
 from .metrics import (ALL_METRICS, BOOTSTRAP_METRICS, bootstrap_ci, close_meteor, corpus_scores,
                                   java_path, paired_bootstrap, sentence_scores)
 
 # %% auto #0
 __all__ = ['SYSTEM_ORDER', 'SYSTEM_LABELS', 'PREDICTION_COLUMNS', 'TIMING_COLUMNS', 'DOMAINS', 'FAKE_SHARED_WORDS',
-           'FAKE_TARGET_WORDS', 'FAKE_SOURCE_WORDS', 'SCORE_COLUMNS', 'load_section', 'system_sort_key', 'system_label',
-           'is_synthetic', 'dataset_label', 'load_predictions', 'make_fake_predictions', 'latency_summary',
-           'flat_metrics', 'evaluate_predictions', 'compare_systems', 'summary_table', 'evaluate_all']
+           'FAKE_TARGET_WORDS', 'FAKE_SOURCE_WORDS', 'SCORE_COLUMNS', 'system_sort_key', 'system_label', 'is_synthetic',
+           'dataset_label', 'load_predictions', 'make_fake_predictions', 'latency_summary', 'flat_metrics',
+           'evaluate_predictions', 'compare_systems', 'summary_table', 'evaluate_all']
 
 # %% ../nbs/12_evaluate.ipynb #b6c922e4
 SYSTEM_ORDER = ("zeroshot", "stage2", "ablation", "landmarks")   # display order; others follow alphabetically
 SYSTEM_LABELS = {"zeroshot": "zero-shot", "stage2": "fine-tuned (stage 2)",
                  "ablation": "ablation: stage 2 on pretrained features", "landmarks": "landmarks baseline"}
-
-
-def load_section(params_path: str | Path, section: str, cls):
-    """Read `section:` of a params.yaml into dataclass `cls` (missing section = defaults); errors name file and key."""
-    data = read_yaml(params_path)
-    try:
-        return from_dict(cls, data.get(section) or {}, section)
-    except ConfigError as e:
-        raise ConfigError(f"{params_path}: {e}") from None
 
 
 def system_sort_key(name: str) -> tuple:

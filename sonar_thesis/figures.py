@@ -17,9 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .config import ConfigError, FiguresConfig, read_yaml
-from .evaluate import (EvaluateConfig, dataset_label, load_section, summary_table, system_label,
-                                   system_sort_key)
+from .config import ConfigError, FiguresConfig, load_config
+from .evaluate import (EvaluateConfig, dataset_label, summary_table, system_label, system_sort_key)
 from .analysis import AnalysisConfig
 from .io import atomic_path, atomic_write, read_json, read_tsv
 

@@ -68,3 +68,42 @@ def test_out_of_range_values_stop_at_load_naming_the_key(params, tmp_path, yaml_
 def test_every_shipped_params_file_is_in_range(params):
     for overlays in ([], ["smoke.yaml"], ["how2sign.yaml"], ["how2sign.yaml", "how2sign_ci.yaml"]):
         load_config(params, *[ROOT / "configs" / o for o in overlays])
+
+
+
+class _Reached(Exception):
+    """Raised by a stub where a stage cell hands its configuration to the real work."""
+
+
+@pytest.mark.parametrize("nb, module, work", [("12_evaluate", "evaluate", "evaluate_all"),
+                                              ("13_analysis", "analysis", "analyse"),
+                                              ("14_figures", "figures", "make_figures")])
+def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path, monkeypatch, nb, module, work):
+    """Their stage cells load params.yaml with `load_config` (no second loader): overlays apply, and a file
+    another stage refuses (stage1.epochs: -1) is refused here, naming the key, before any work."""
+    import importlib
+    import json
+    mod = importlib.import_module(f"sonar_thesis.{module}")
+    src = (ROOT / "sonar_thesis" / f"{module}.py").read_text()
+    assert "read_yaml" not in src and "load_section" not in src
+    cells = ["".join(c["source"]) for c in json.loads((ROOT / "nbs" / f"{nb}.ipynb").read_text())["cells"]]
+    cell = next(s for s in cells if s.startswith("#| stage"))
+    monkeypatch.chdir(tmp_path)
+
+    def stub(*args, **kwargs):
+        raise _Reached(args, kwargs)
+
+    run = lambda p: exec(cell, {**vars(mod), work: stub, "params_path": str(p)})
+    over = tmp_path / "over.yaml"
+    over.write_text("evaluate:\n  bootstrap_samples: 7\nanalysis:\n  n_samples: 3\nfigures:\n  dpi: 50\n")
+    apply_overlay(params, over)
+    with pytest.raises(_Reached) as hit:
+        run(params)
+    args, kwargs = hit.value.args
+    cfg = load_config(params)
+    assert {"evaluate": (cfg.evaluate,), "analysis": (cfg.evaluate.results_dir, cfg.analysis),
+            "figures": (cfg.figures, cfg.evaluate.results_dir, cfg.analysis.output_dir, cfg.dataset)}[module] == args
+    assert (cfg.evaluate.bootstrap_samples, cfg.analysis.n_samples, cfg.figures.dpi) == (7, 3, 50)
+    apply_overrides(params, ["stage1.epochs=-1"])
+    with pytest.raises(ConfigError, match=r"params\.yaml: stage1\.epochs: must be >= 1, got -1"):
+        run(params)
