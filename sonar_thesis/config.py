@@ -172,14 +172,14 @@ class SynthConfig:
     """The synthetic How2Sign-shaped corpus."""
     output_dir: str = "data/synthetic"
     seed: int = 0
-    width: int = 480                   # full-frame size (16:9 like How2Sign's 1280×720)
-    height: int = 270
+    width: int = 320                   # full-frame size (16:9 like How2Sign's 1280×720)
+    height: int = 180
     fps: int = 25
     source: SynthDomainConfig = field(default_factory=lambda: SynthDomainConfig(
-        train_videos=60, val_videos=4, test_videos=8))
+        train_videos=48, val_videos=4, test_videos=8, n_signers=12, position_jitter=0.08, scale_jitter=0.12))
     target: SynthDomainConfig = field(default_factory=lambda: SynthDomainConfig(
-        train_videos=40, val_videos=4, test_videos=8, n_signers=4, speed_range=[0.75, 1.3],
-        backgrounds="varied", position_jitter=0.08, scale_jitter=0.12))
+        train_videos=80, val_videos=8, test_videos=16, n_signers=4, speed_range=[0.75, 1.3],
+        backgrounds="plain", position_jitter=0.08, scale_jitter=0.12))
 
 # %% ../nbs/00_config.ipynb #0f586103
 @dataclass
@@ -228,12 +228,13 @@ class ModelConfig:
     encoder: str = "models/pretrained/sonar_encoder.pth"           # {"student": …}; real: dm_70h_ub_sonar_encoder.pth
     decoder: str = "models/pretrained/sonar_text_decoder.pt"       # {"model": fairseq2 keys}
     tokenizer: str = "models/pretrained/tokenizer.model"           # real: sentencepiece.source.256000.model
-    text_encoder: str = ""    # SONAR text encoder (teacher of stage2.embedding_loss_weight); '' = none. Synthetic:
-                              # written by pretrain; real: sonar_text_encoder.pt (`sonar-thesis download`)
+    text_encoder: str = "models/pretrained/sonar_text_encoder.pt"  # SONAR text encoder (teacher of the stand-in
+                              # pretraining and of stage2.embedding_loss_weight); '' = none. Synthetic: written by
+                              # pretrain; real: sonar_text_encoder.pt (`sonar-thesis download`)
     tokenizer_vocab_size: int = 400        # synthetic only: SentencePiece trained on the synthetic train text
     target_lang: str = "eng_Latn"
     beam_size: int = 5
-    max_len: int = 0                       # extra cap on generated positions (EOS included); 0 = none: the decoder's
+    max_len: int = 128                     # extra cap on generated positions (EOS included); 0 = none: the decoder's
                                            # reference rule, max_seq_len - 3 tokens + EOS (published: 509 + EOS)
     length_penalty: float = 1.0
     dropout: float = 0.1                   # encoder dropout while fine-tuning (published: 0)
@@ -254,15 +255,15 @@ class TrainingConfig:
     """The shared training loop (08_trainer)."""
     optimizer: OptimizerName = "adamw"     # every stage but stage 2, which has its own (stage2.optimizer)
     weight_decay: float = 0.01             # none on biases and norm weights
-    warmup_steps: int = 1000               # linear warmup, then cosine decay to min_lr
-    min_lr: float = 1e-7
+    warmup_steps: int = 30                 # linear warmup, then cosine decay to min_lr
+    min_lr: float = 1e-6
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.1
-    eval_every_n_steps: int = 500          # validation BLEU-4 (also at the end of every eval_every_n_epochs-th epoch)
-    eval_every_n_epochs: int = 1           # 0 = by steps only; the last step is always validated
-    save_every_n_steps: int = 1000         # last.pt for exact resume
-    save_total_limit: int = 5              # best-k checkpoints kept
-    early_stopping_patience: int = 5       # evaluations without improvement
+    eval_every_n_steps: int = 0            # validation BLEU-4 (also at the end of every eval_every_n_epochs-th epoch)
+    eval_every_n_epochs: int = 3           # 0 = by steps only; the last step is always validated
+    save_every_n_steps: int = 50           # last.pt for exact resume
+    save_total_limit: int = 2              # best-k checkpoints kept
+    early_stopping_patience: int = 0       # evaluations without improvement (0 = no early stopping)
     early_stopping_metric: str = "bleu_4"
     gradient_checkpointing: bool = False   # trade compute for memory (OOM knob)
     length_bucketing: bool = True          # batches of similar length: less padding
@@ -277,7 +278,7 @@ class HardwareConfig:
     """Where and how precisely to compute."""
     device: str = "auto"                   # auto (cuda if available) | cpu | cuda | cuda:N
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 > fp16 on GPU, fp32 on CPU
-    num_workers: int = 4                   # DataLoader workers
+    num_workers: int = 2                   # DataLoader workers
     torch_threads: int = 0                 # 0 = torch's default
 
 @dataclass
@@ -286,7 +287,7 @@ class LoggingConfig:
     use_wandb: bool = False
     wandb_project: str = "sonar-thesis"
     wandb_entity: str = ""
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = 10
 
 @dataclass
 class StageConfig:
@@ -304,14 +305,14 @@ class PretrainConfig(StageConfig):
     `learning_rate`/`epochs`/`batch_size`: the video phase (SignHiera + sign-recognition heads on source
     clips); `translation_*`: the ASL encoder as the text encoder's student on frozen source features."""
     text_learning_rate: float = 1e-3
-    text_epochs: int = 40
+    text_epochs: int = 30
     text_batch_size: int = 32
     learning_rate: float = 1e-3
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 8
     video_window_overlap: float = 0.0     # video phase: windows share no frames (extraction keeps 0.5)
     translation_learning_rate: float = 1e-3
-    translation_epochs: int = 60
+    translation_epochs: int = 30
     translation_batch_size: int = 16
     translation_metric: str = "bleu_4"    # best checkpoint of the translation phase (bleu_4 | val_loss)
     embedding_loss_weight: float = 1.0    # translation phase: CE + weight * squared distance to the text embedding
@@ -321,11 +322,11 @@ class PretrainConfig(StageConfig):
 class Stage1Config(StageConfig):
     """Stage 1: adapt the last (1 - freeze_fraction) of SignHiera through the frozen SONAR models."""
     freeze_fraction: float = 0.8          # first 80 % of blocks + embeddings frozen
-    learning_rate: float = 1e-5
-    epochs: int = 15
-    batch_size: int = 16
+    learning_rate: float = 1e-4           # the guide: 1e-5, 15 epochs, batch 16, no encoder (configs/how2sign.yaml)
+    epochs: int = 3
+    batch_size: int = 8
     gradient_accumulation_steps: int = 2
-    train_encoder: bool = False
+    train_encoder: bool = True
     train_decoder: bool = False
     output_dir: str = "models/stage1"
 
@@ -334,13 +335,13 @@ class Stage2Config(StageConfig):
     """Stage 2: SignHiera frozen; train the SONAR ASL encoder (+ text decoder) on features."""
     freeze_signhiera: bool = True
     freeze_decoder: bool = False
-    learning_rate: float = 1e-4
-    epochs: int = 20
-    batch_size: int = 32
+    learning_rate: float = 1e-3           # the guide: 1e-4, 20 epochs, batch 32 (configs/how2sign.yaml)
+    epochs: int = 12
+    batch_size: int = 16
     gradient_accumulation_steps: int = 1
     embedding_loss_weight: float = 0.0    # > 0: + weight * squared distance to model.text_encoder's embedding of the reference
-    freeze_embeddings: bool = True        # the decoder's tied embedding/output projection (sonar: 256,206 x 1024 = 262 M)
-    optimizer: OptimizerName = "adamw8bit"  # stage 2's own (replaces training.optimizer): fits one 24 GB GPU, see 10_finetune
+    freeze_embeddings: bool = False       # the decoder's tied embedding/output projection (sonar: 256,206 x 1024 = 262 M: true)
+    optimizer: OptimizerName = "adamw"    # stage 2's own (replaces training.optimizer); sonar: adamw8bit, fits one 24 GB GPU (10_finetune)
     output_dir: str = "models/stage2"
 
     def __post_init__(self):
@@ -351,14 +352,14 @@ class Stage2Config(StageConfig):
 @dataclass
 class LandmarksConfig(StageConfig):
     """The landmarks baseline (YouTube-ASL's approach): mediapipe keypoints → transformer encoder–decoder → text."""
-    method: Literal["mediapipe", "groundtruth"] = "mediapipe"  # groundtruth = the synthetic renderer's keypoints
+    method: Literal["mediapipe", "groundtruth"] = "groundtruth"  # the synthetic renderer's keypoints (real data: mediapipe)
     fallback: Literal["groundtruth", "skip"] = "groundtruth"   # a video mediapipe finds no signer in (synthetic only)
     model_complexity: int = 1             # Holistic: only 1 ships in the wheel (0 and 2 download models)
     min_detection_confidence: float = 0.5
     face_subset: bool = True              # a few face points (eyes, nose, mouth) besides pose and hands
     feature_dir: str = "data/landmarks"   # one tensor per clip + lengths TSV, like the SignHiera features
     learning_rate: float = 5e-4
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     output_dir: str = "models/landmarks"

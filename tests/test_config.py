@@ -107,3 +107,15 @@ def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path
     apply_overrides(params, ["stage1.epochs=-1"])
     with pytest.raises(ConfigError, match=r"params\.yaml: stage1\.epochs: must be >= 1, got -1"):
         run(params)
+
+
+
+def test_dataclass_defaults_are_params_yaml():
+    """One source of defaults: `Config()` (a test, the CLI without a params.yaml) is params.yaml's documented
+    synthetic default, key for key — no key differs."""
+    from sonar_thesis.config import Config, _flatten, to_dict
+    built, documented = _flatten(to_dict(Config())), _flatten(to_dict(load_config(ROOT / "params.yaml")))
+    differ = {k: (built.get(k, "<missing>"), documented.get(k, "<missing>"))
+              for k in sorted(built.keys() | documented.keys()) if built.get(k, "<missing>") != documented.get(k, "<missing>")}
+    assert differ == {}
+    assert to_dict(Config()) == to_dict(load_config(ROOT / "params.yaml"))

@@ -14,7 +14,7 @@ from sonar_thesis.synth import (CSV_COLUMNS, DOMAINS, POSE_NAMES, SHARED_WORDS, 
 
 HEADER = "\t".join(CSV_COLUMNS)
 SMALL = SynthConfig(
-    seed=3,
+    seed=3, width=480, height=270,
     source=SynthDomainConfig(train_videos=3, val_videos=1, test_videos=1, sentences_per_video=[2, 3]),
     target=SynthDomainConfig(train_videos=3, val_videos=1, test_videos=1, sentences_per_video=[2, 3], n_signers=3,
                              speed_range=[0.75, 1.3], backgrounds="varied", position_jitter=0.08, scale_jitter=0.12))

@@ -109,7 +109,7 @@ def run(out, *, batch_size=4, accum=1, epochs=3, n=46, lr=1e-2, dropout=0.0, fro
     data = ToyData(n)
     tr = {"warmup_steps": 4, "min_lr": 1e-4, "weight_decay": 0.1, "eval_every_n_steps": 5,
           "save_every_n_steps": 4, "save_total_limit": 2, "early_stopping_patience": 0,
-          "early_stopping_metric": "val_loss", **(training or {})}
+          "early_stopping_metric": "val_loss", "eval_every_n_epochs": 1, **(training or {})}
     if sleep:
         on_step = lambda info: time.sleep(sleep)  # noqa: E731  (slows the worker so the kill lands mid-run)
     res = train(model, data, out, stage=StageConfig(learning_rate=lr, epochs=epochs, batch_size=batch_size,
