@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+# A real browser for tests/test_results_browser.py: Debian's chromium (no browser download works offline).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing Debian's chromium (browser tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required (found {sys.version.split()[0]}); set PYTHON=/path/to/python3.11"' 
   echo "bootstrap: creating .venv with $("$PY" --version)"

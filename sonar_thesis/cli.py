@@ -17,7 +17,7 @@ from .config import Config, ConfigError, load_config
 
 # %% auto #0
 __all__ = ['app', 'EXPECTED_ERRORS', 'PARAMS_OPT', 'cli_errors', 'config_from', 'synth', 'prepare', 'download', 'translate',
-           'extract', 'finetune', 'evaluate', 'generate_translations', 'params', 'main']
+           'extract', 'finetune', 'evaluate', 'generate_translations', 'results_page', 'params', 'main']
 
 # %% ../nbs/16_cli.ipynb #1bf7044b
 app = typer.Typer(
@@ -343,6 +343,20 @@ def generate_translations(
     write_json(output, dict(synthetic=cfg.is_synthetic, dataset=cfg.dataset, checkpoint=str(checkpoint or ""),
                             samples=out))
     typer.echo(f"{len(out)} translations → {output}")
+
+# %% ../nbs/16_cli.ipynb #6ee41e99
+@app.command("results-page")
+@cli_errors
+def results_page(
+    output: Path = typer.Option(Path("results/browser"), "--output", help="Folder for index.html, clips/ and summary.json."),
+    no_clips: bool = typer.Option(False, "--no-clips", help="Text only: re-encode no clips (rows show 'no clip')."),
+    params: Optional[Path] = PARAMS_OPT,
+):
+    """Write the results browser: one static page with every target-test sentence, its clip and all systems' diffs."""
+    from sonar_thesis.results import build_results_page
+    s = build_results_page(config_from(params), output, with_clips=not no_clips, progress=True)
+    typer.echo(f"{s['page']}: {s['rows']} sentences, {len(s['systems'])} systems, {s['clips']} clips"
+               + (" (synthetic data)" if s["synthetic"] else "") + "".join(f"\nnote: {n}" for n in s["notes"]))
 
 # %% ../nbs/16_cli.ipynb #a3948e30
 @app.command()
