@@ -300,6 +300,9 @@ def evaluate(
     keys = [k for k in ("bleu1", "bleu4", "chrf", "rougeL", "meteor", "cider") if k in m]
     typer.echo(f"{system} on {info['n']} clips{' (synthetic)' if cfg.is_synthetic else ''}: " +
                ", ".join(f"{k}={m[k]:.2f}" for k in keys))
+    if lat := res.get("latency", {}).get("t_total"):
+        typer.echo(f"latency per clip: median {lat['median_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms "
+                   f"(timings: {pred_dir / 'timings.tsv'})")
     typer.echo(f"metrics: {output_dir / cfg.evaluate.metrics_dir / (system + '.json')}")
 
 @app.command("generate-translations")

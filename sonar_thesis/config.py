@@ -22,8 +22,8 @@ from .io import atomic_write
 __all__ = ['RANGES', 'RENAMED', 'PRESETS', 'OptimizerName', 'RESERVED_NAMES', 'ConfigError', 'from_dict', 'to_dict', 'Preset',
            'SynthDomainConfig', 'SynthConfig', 'DataConfig', 'PreprocessConfig', 'ModelConfig', 'TrainingConfig',
            'HardwareConfig', 'LoggingConfig', 'StageConfig', 'PretrainConfig', 'Stage1Config', 'Stage2Config',
-           'LandmarksConfig', 'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'deep_merge', 'yaml12',
-           'read_yaml', 'load_config', 'save_config', 'apply_overlay']
+           'LandmarksConfig', 'EvaluateConfig', 'AnalysisConfig', 'FiguresConfig', 'Config', 'record_params',
+           'deep_merge', 'yaml12', 'read_yaml', 'load_config', 'save_config', 'apply_overlay']
 
 # %% ../nbs/00_config.ipynb #8638b211
 class ConfigError(ValueError):
@@ -508,6 +508,36 @@ class Config:
             raise ConfigError(f"data.root: {self.data.root!r} is the synthetic corpus (synth.output_dir); point it "
                               f"at the How2Sign folder (how2sign_realigned_*.csv + videos), e.g. data/how2sign")
 
+# %% ../nbs/00_config.ipynb #fb4a0355
+_READ: set[str] | None = None     # params keys read since record_params(), or None when not recording
+
+def _reading_getattribute(self, name: str):
+    value = object.__getattribute__(self, name)
+    if _READ is not None and name in type(self).__dataclass_fields__ and not dataclasses.is_dataclass(value):
+        where = object.__getattribute__(self, "__dict__").get("_params_path")
+        if where is not None:
+            _READ.add(f"{where}.{name}" if where else name)
+    return value
+
+def _locate(cfg, where: str = ""):
+    """Tell every section of a loaded config where it sits in params.yaml (for `record_params`)."""
+    object.__setattr__(cfg, "_params_path", where)
+    for f in dataclasses.fields(cfg):
+        v = object.__getattribute__(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            _locate(v, f"{where}.{f.name}" if where else f.name)
+    return cfg
+
+def record_params() -> set[str]:
+    """Start noting which params keys (`section.key`) this process reads; returns the set being filled."""
+    global _READ
+    if _READ is None:
+        _READ = set()
+        for obj in list(globals().values()):
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == __name__:
+                obj.__getattribute__ = _reading_getattribute
+    return _READ
+
 # %% ../nbs/00_config.ipynb #f1aec30d
 def deep_merge(base: dict, over: dict) -> dict:
     """Recursively merge mapping `over` into a copy of `base`."""
@@ -542,7 +572,7 @@ def load_config(path: str | Path = "params.yaml", *overlays: str | Path) -> Conf
     for o in overlays:
         data = deep_merge(data, read_yaml(o))
     try:
-        return from_dict(Config, data)
+        return _locate(from_dict(Config, data))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -16,15 +16,15 @@ from typing import Literal
 import numpy as np
 
 from .config import RESERVED_NAMES, ConfigError, EvaluateConfig, _NAME_RE, load_config
-from .io import read_json, read_tsv, write_json, write_tsv
+from .io import TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, timings_file, write_json, write_tsv
 from .metrics import (ALL_METRICS, BOOTSTRAP_METRICS, bootstrap_ci, close_meteor, corpus_scores,
                                   java_path, paired_bootstrap, sentence_scores)
 
 # %% auto #0
-__all__ = ['SYSTEM_ORDER', 'SYSTEM_LABELS', 'PREDICTION_COLUMNS', 'TIMING_COLUMNS', 'DOMAINS', 'FAKE_SHARED_WORDS',
-           'FAKE_TARGET_WORDS', 'FAKE_SOURCE_WORDS', 'SCORE_COLUMNS', 'system_sort_key', 'system_label', 'is_synthetic',
-           'dataset_label', 'load_predictions', 'make_fake_predictions', 'latency_summary', 'flat_metrics',
-           'evaluate_predictions', 'compare_systems', 'summary_table', 'evaluate_all']
+__all__ = ['SYSTEM_ORDER', 'SYSTEM_LABELS', 'PREDICTION_COLUMNS', 'DOMAINS', 'FAKE_SHARED_WORDS', 'FAKE_TARGET_WORDS',
+           'FAKE_SOURCE_WORDS', 'SCORE_COLUMNS', 'system_sort_key', 'system_label', 'is_synthetic', 'dataset_label',
+           'load_predictions', 'make_fake_predictions', 'latency_summary', 'flat_metrics', 'evaluate_predictions',
+           'compare_systems', 'summary_table', 'latency_table', 'evaluate_all']
 
 # %% ../nbs/12_evaluate.ipynb #b6c922e4
 SYSTEM_ORDER = ("zeroshot", "stage2", "ablation", "landmarks")   # display order; others follow alphabetically
@@ -42,8 +42,7 @@ def system_label(name: str) -> str:
     return SYSTEM_LABELS.get(name, name)
 
 # %% ../nbs/12_evaluate.ipynb #bdeffb9a
-PREDICTION_COLUMNS = ("id", "reference", "hypothesis", "domain", "signer", "n_frames")
-TIMING_COLUMNS = ("t_decode_crop", "t_signhiera", "t_encoder", "t_decoding", "t_total")   # milliseconds per video
+PREDICTION_COLUMNS = ("id", "reference", "hypothesis", "domain", "signer", "n_frames")   # timings: io.TIMING_COLUMNS
 DOMAINS = ("target", "source")
 
 
@@ -105,11 +104,11 @@ def _fake_sentence(rng, domain: str) -> list[str]:
 
 def make_fake_predictions(folder: str | Path, system: str, quality: float, n: int = 40, *, seed: int = 0,
                           synthetic: bool = True, timing: bool = True, n_source: int = 0) -> Path:
-    """Write `folder/predictions.tsv` + `info.json` for a fake system; quality 1.0 = hypothesis equals reference."""
+    """Write `folder/predictions.tsv` + `info.json` (+ `timings.tsv`) for a fake system; quality 1.0 = hypothesis equals reference."""
     ref_rng = np.random.default_rng(seed)
     hyp_rng = np.random.default_rng([seed, zlib.crc32(system.encode())])
     vocab = FAKE_SHARED_WORDS + FAKE_TARGET_WORDS
-    rows = []
+    rows, timings = [], []
     for i in range(n + n_source):
         domain = "target" if i < n else "source"
         words = _fake_sentence(ref_rng, domain)
@@ -127,10 +126,13 @@ def make_fake_predictions(folder: str | Path, system: str, quality: float, n: in
         if timing:
             parts = dict(t_decode_crop=20 + 2 * len(words), t_signhiera=35 + 3 * len(words),
                          t_encoder=4 + 0.2 * len(words), t_decoding=15 + hyp_rng.gamma(4, 2))
-            row.update({k: round(v, 2) for k, v in parts.items()}, t_total=round(sum(parts.values()), 2))
+            timings.append(dict(id=row["id"], domain=domain, **{k: round(v, 2) for k, v in parts.items()},
+                                t_total=round(sum(parts.values()), 2)))
         rows.append(row)
     folder = Path(folder)
-    write_tsv(folder / "predictions.tsv", rows, PREDICTION_COLUMNS + (TIMING_COLUMNS if timing else ()))
+    write_tsv(folder / "predictions.tsv", rows, PREDICTION_COLUMNS)
+    if timing:
+        write_tsv(folder / "timings.tsv", timings, ("id", "domain") + TIMING_COLUMNS)
     write_json(folder / "info.json", {"system": system, "dataset": "synthetic" if synthetic else "how2sign",
                                       "checkpoint": f"fake/{system}.pt", "beam_size": 5, "device": "cpu",
                                       "synthetic": synthetic, "fake": True})
@@ -184,8 +186,6 @@ def flat_metrics(result: dict) -> dict:
     out.update({m: round(v, 4) for m, v in result["scores"].items()})
     for m, ci in result["ci"].items():
         out[f"{m}_ci_low"], out[f"{m}_ci_high"] = round(ci["low"], 4), round(ci["high"], 4)
-    for c, s in result["latency"].items():
-        out[f"latency_{c}_median_ms"], out[f"latency_{c}_p90_ms"] = round(s["median_ms"], 3), round(s["p90_ms"], 3)
     for d, s in result["other_domains"].items():
         out.update({f"{d}_{k}": (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()})
     out["n_skipped_empty_reference"] = result["n_skipped_empty_reference"]
@@ -197,8 +197,11 @@ def evaluate_predictions(pred_tsv: str | Path,              # predictions.tsv or
                          out_dir: str | Path = ".",         # metrics_dir / results_dir are relative to this
                          cfg: EvaluateConfig | None = None,
                          system: str | None = None,         # default: info.json's "system", else the folder name
+                         timings_tsv: str | Path | None = None,  # per-clip timings; default: `timings.tsv` beside
                          ) -> dict:
-    """Score one system: corpus metrics + signatures, bootstrap CIs, per-sentence scores, latency; writes the files."""
+    """Score one system: corpus metrics + signatures, bootstrap CIs, per-sentence scores; writes the files.
+
+    The result also holds `latency` (from `timings_tsv`), which is returned, not written: see `evaluate_all`."""
     cfg = cfg or EvaluateConfig()
     pred_tsv = Path(pred_tsv)
     rows, info = load_predictions(pred_tsv)
@@ -247,13 +250,17 @@ def evaluate_predictions(pred_tsv: str | Path,              # predictions.tsv or
         "n_translation_failures": _n_failures(info),
         "scores": scores, "ci": ci, "ci_level": 1 - cfg.alpha, "bootstrap_samples": cfg.bootstrap_samples,
         "signatures": cs["signatures"], "implementations": cs["implementations"], "details": cs["details"],
-        "skipped": cs["skipped"], "latency": latency_summary(scored, str(pred_tsv)), "other_domains": other,
+        "skipped": cs["skipped"], "other_domains": other,
         "info": info, "predictions": str(pred_tsv),
     }
     metrics_path = write_json(Path(out_dir) / cfg.metrics_dir / f"{system}.json", flat_metrics(result))
     result["files"] = {"metrics": str(metrics_path), "scores": str(scores_path),
                        "evaluation": str(results_dir / "evaluation.json")}
     write_json(results_dir / "evaluation.json", result)
+    timings_tsv = Path(timings_tsv) if timings_tsv else folder / "timings.tsv"
+    ids = {r["id"] for r in scored}
+    result["latency"] = latency_summary([t for t in read_tsv(timings_tsv) if t["id"] in ids], str(timings_tsv)) \
+        if timings_tsv.is_file() else {}
     return result
 
 # %% ../nbs/12_evaluate.ipynb #c2aadaf1
@@ -317,26 +324,41 @@ def _fmt(x, nd: int = 2) -> str:
 
 
 def summary_table(results: list[dict]) -> str:
-    """Markdown table of evaluated systems: n, BLEU-1/4 (95 % CI), chrF, ROUGE-L, METEOR, CIDEr, latency."""
+    """Markdown table of evaluated systems: n, BLEU-1/4 (95 % CI), chrF, ROUGE-L, METEOR, CIDEr (latency: `latency_table`)."""
     if not results:
         return "(no system evaluated)"
     flags = {r["synthetic"] for r in results}
     head = ("**SYNTHETIC stand-in corpus — not How2Sign; these numbers test the pipeline, not ASL translation.**"
             if True in flags else "**How2Sign test set.**")
-    lines = [head, "", "| system | n | BLEU-1 | BLEU-4 (95% CI) | chrF | ROUGE-L | METEOR | CIDEr | median t_total (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| system | n | BLEU-1 | BLEU-4 (95% CI) | chrF | ROUGE-L | METEOR | CIDEr |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: system_sort_key(r["system"])):
         s, ci = r["scores"], r["ci"].get("bleu4")
         b4 = _fmt(s.get("bleu4")) + (f" ({ci['low']:.2f}–{ci['high']:.2f})" if ci else "")
-        lat = r["latency"].get("t_total", {}).get("median_ms")
         lines.append(f"| {r['label']} | {r['n']} | {_fmt(s.get('bleu1'))} | {b4} | {_fmt(s.get('chrf'))} | "
-                     f"{_fmt(s.get('rougeL'))} | {_fmt(s.get('meteor'))} | {_fmt(s.get('cider'))} | {_fmt(lat, 1)} |")
+                     f"{_fmt(s.get('rougeL'))} | {_fmt(s.get('meteor'))} | {_fmt(s.get('cider'))} |")
     sig = results[0]["signatures"].get("bleu4")
     if sig:
         lines += ["", f"BLEU signature: `{sig}`; ROUGE-L: rouge-score F1 (no stemmer)."]
     skipped = {m: why for r in results for m, why in r["skipped"].items()}
     for m, why in skipped.items():
         lines.append(f"- {m}: {why}")
+    return "\n".join(lines)
+
+
+def latency_table(results: list[dict]) -> str:
+    """Markdown table of per-clip latency (median / p90 ms per component) of the evaluated systems."""
+    timed = [r for r in sorted(results, key=lambda r: system_sort_key(r["system"])) if r.get("latency")]
+    if not timed:
+        return "(no timings)"
+    cols = [c for c in TIMING_COLUMNS if any(c in r["latency"] for r in timed)]
+    lines = ["Per-clip latency, median / p90 in ms, measured on this run's machine (it differs run to run; "
+             "only `timings/` does)" + (" — SYNTHETIC data." if any(r["synthetic"] for r in timed) else "."), "",
+             "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in timed:
+        cell = lambda c: (f"{r['latency'][c]['median_ms']:.1f} / {r['latency'][c]['p90_ms']:.1f}"
+                          if c in r["latency"] else "–")
+        lines.append(f"| {r['label']} | " + " | ".join(cell(c) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -364,6 +386,11 @@ def evaluate_all(cfg: EvaluateConfig, out_dir: str | Path = ".", root: str | Pat
             if removed := _remove_stale(name, cfg, out_dir):
                 stale[name] = removed
     for name, tsv in found.items():
-        results[name] = evaluate_predictions(tsv, out_dir, cfg, system=name)
+        timings = Path(root) / timings_file(name)                 # the stages' place; else beside the predictions
+        results[name] = evaluate_predictions(tsv, out_dir, cfg, system=name,
+                                             timings_tsv=timings if timings.is_file() else None)
     comparison = compare_systems(found, out_dir, cfg) if found else None
+    latency = {n: {"label": r["label"], "synthetic": r["synthetic"], **r["latency"]} for n, r in results.items()}
+    write_json(Path(out_dir) / TIMINGS_DIR / "latency.json", latency)             # measured: differs run to run
+    (Path(out_dir) / TIMINGS_DIR / "latency.md").write_text(latency_table(list(results.values())) + "\n")
     return {"results": results, "missing": missing, "removed_stale": stale, "comparison": comparison}

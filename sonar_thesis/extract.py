@@ -795,11 +795,14 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
             todo.append(r)
     skipped = len(done_rows)
 
-    new, windows = 0, 0
+    new, windows, measured = 0, 0, {}
     def store(r: dict, feats: torch.Tensor, info: dict | None = None):
         """One finished video: its info file first, then its features (the file whose existence means done)."""
         nonlocal new
-        _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", {**(info or {}), "input_sha256": input_of(r)})
+        info = dict(info or {})
+        if timed := {k: info.pop(k) for k in list(info) if k.startswith("_")}:   # measurements: returned, not stored
+            measured[r["id"]] = timed
+        _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", {**info, "input_sha256": input_of(r)})
         save_features(feats, out_dir / f"{r['id']}{FEATURE_SUFFIX}")
         done_rows[r["id"]] = row_out(r, feats.shape[0], info)
         new += 1
@@ -912,7 +915,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
             "batch_size": batch_size if producer is None else None, "videos": len(mine), "extracted": new, "skipped_existing": skipped, "failed": len(failures),
             "windows": windows, "features": sum(r["n_features"] for r in ordered),
             "seconds": round(secs, 2), "videos_per_s": round(new / secs, 3) if secs > 0 else None,
-            "lengths_shard": str(lengths_shard), "merged": merged, "failures": failures}
+            "lengths_shard": str(lengths_shard), "merged": merged, "failures": failures, "measured": measured}
 
 # %% ../nbs/07_extract.ipynb #acc1112b
 def build_extractor(preset: str, checkpoint: str | Path | None) -> nn.Module:

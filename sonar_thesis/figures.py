@@ -105,7 +105,8 @@ def save_figure(fig, name: str, cfg: FiguresConfig, *, synthetic: bool, out_dir:
     with plt.rc_context(thesis_rc(cfg.font_size)):
         for fmt in cfg.formats:
             meta = ({"Title": flat, "Description": dataset_label(synthetic), "Software": "sonar-thesis"} if fmt == "png"
-                    else {"Title": flat, "Subject": dataset_label(synthetic)} if fmt == "pdf" else {"Title": flat})
+                    else {"Title": flat, "Subject": dataset_label(synthetic), "CreationDate": None} if fmt == "pdf"
+                    else {"Title": flat, "Date": None} if fmt == "svg" else {"Title": flat})   # no dates: same bytes
             path = out_dir / f"{name}.{fmt}"
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=cfg.dpi, metadata=meta)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .checkpoints import save_published
 from .config import Config, load_config
-from .io import read_json, write_json
+from .io import TIMINGS_DIR, read_json, timings_file, write_json
 from .extract import resolve_device
 from .trainer import inputs_fingerprint, load_weights, setup_distributed, train
 from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
@@ -189,14 +189,16 @@ def system_paths(cfg: Config, system: str) -> tuple[str | None, str | None, str 
     return tuple(resolve(p.format(**dirs) if p else None) for p in SYSTEMS[system])
 
 def predict_system(cfg: Config, system: str, domains: tuple[str, ...] = ("target",), split: str = "test",
-                   out_root: str | Path = "predictions", limit: int = 0, progress: bool = True) -> dict:
-    """Translate the domains' split with a system → `out_root/system/predictions.tsv` + `info.json`."""
+                   out_root: str | Path = "predictions", limit: int = 0, progress: bool = True,
+                   timings_root: str | Path = TIMINGS_DIR) -> dict:
+    """Translate the domains' split with a system → `out_root/system/predictions.tsv` + `info.json`;
+    per-clip timings → `timings_root/system.tsv`."""
     device = resolve_device(cfg.hardware.device)
     sh, enc, dec = system_paths(cfg, system)
     models = load_pretrained(cfg, signhiera=sh, encoder=enc, decoder=dec, device=device)
     manifests = {d: Path(cfg.data.prepared_dir) / d / f"{split}.tsv" for d in domains}
     return translate_manifests(manifests, models, cfg, Path(out_root) / system, system, device=device,
-                               limit=limit, progress=progress)
+                               limit=limit, progress=progress, timings_tsv=timings_file(system, timings_root))
 
 # %% ../nbs/10_finetune.ipynb #1ae81673
 FEATURES_DIRS = {"stage2": "data/features/stage1", "ablation": "data/features/pretrained"}   # dvc.yaml's extract outs

@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'save_torch', 'write_json', 'read_json', 'sha256sum',
-           'remove_other_outputs', 'write_tsv', 'read_tsv']
+__all__ = ['RUN_DEPENDENT', 'TIMING_COLUMNS', 'TIMINGS_DIR', 'MANIFEST_COLUMNS', 'atomic_write', 'atomic_path', 'save_torch',
+           'write_json', 'read_json', 'sha256sum', 'remove_other_outputs', 'without_keys', 'timings_file', 'write_tsv',
+           'read_tsv']
 
 # %% ../nbs/00a_io.ipynb #6f79621e
 def _umask() -> int:
@@ -110,6 +111,23 @@ def remove_other_outputs(root: str | Path, keep: list[str]) -> list[str]:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         removed.append(str(rel))
     return removed
+
+# %% ../nbs/00a_io.ipynb #1fadb695
+RUN_DEPENDENT = ("seconds", "clips_per_second", "videos_per_s", "ms_per_frame", "extracted", "skipped_existing")
+
+def without_keys(obj: Any, keys: Sequence[str] = RUN_DEPENDENT) -> Any:
+    """`obj` with every dict key in `keys` removed, at any depth (what a stored report may hold)."""
+    if isinstance(obj, dict):
+        return {k: without_keys(v, keys) for k, v in obj.items() if k not in keys}
+    return [without_keys(v, keys) for v in obj] if isinstance(obj, list) else obj
+
+# %% ../nbs/00a_io.ipynb #f198df44
+TIMING_COLUMNS = ("t_decode_crop", "t_signhiera", "t_encoder", "t_decoding", "t_total")   # milliseconds per clip
+TIMINGS_DIR = Path("timings")     # everything measured in wall-clock time, and nothing else
+
+def timings_file(system: str, root: str | Path = TIMINGS_DIR) -> Path:
+    """Where the pipeline keeps `system`'s per-clip timings."""
+    return Path(root) / f"{system}.tsv"
 
 # %% ../nbs/00a_io.ipynb #6b27cfdb
 MANIFEST_COLUMNS = ("id", "video_path", "n_frames", "translation")

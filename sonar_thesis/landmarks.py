@@ -19,21 +19,22 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, LandmarksConfig, load_config
 from .extract import ExtractFailure, extract_manifest, load_features, resolve_device
-from .io import read_json, read_tsv, remove_other_outputs, write_json, write_tsv
+from .io import (TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, remove_other_outputs, timings_file,
+                             without_keys, write_json, write_tsv)
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
 from .trainer import inputs_fingerprint, load_checkpoint, load_weights, save_checkpoint, train
-from .translate import TIMING_COLUMNS, FeatureDataset, bleu_validator, collate_features
+from .translate import FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 
 # %% auto #0
 __all__ = ['FACE_POSE_IDS', 'BODY_POSE_IDS', 'HAND_POINTS', 'CHANNELS', 'MIN_VISIBILITY', 'MIN_POSE_FRACTION', 'LANDMARK_FORMAT',
-           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'RUN_DEPENDENT', 'LANDMARK_PRESETS', 'pose_ids',
-           'landmark_names', 'landmark_dim', 'NoSigner', 'normalize_landmarks', 'holistic_points', 'holistic_landmarks',
-           'panned_photo', 'first_frame', 'groundtruth_points', 'groundtruth_clip', 'compare_sources',
-           'LandmarkProducer', 'unflatten', 'write_photo_clips', 'skdata_astronaut', 'groundtruth_index',
-           'mediapipe_check', 'extract_landmarks', 'LandmarkT5', 'build_landmark_model', 't5_parameter_count',
-           'count_parameters', 'save_landmark_model', 'load_landmark_model', 'train_landmarks', 'predict_landmarks']
+           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'LANDMARK_PRESETS', 'pose_ids', 'landmark_names',
+           'landmark_dim', 'NoSigner', 'normalize_landmarks', 'holistic_points', 'holistic_landmarks', 'panned_photo',
+           'first_frame', 'groundtruth_points', 'groundtruth_clip', 'compare_sources', 'LandmarkProducer', 'unflatten',
+           'write_photo_clips', 'skdata_astronaut', 'groundtruth_index', 'mediapipe_check', 'extract_landmarks',
+           'LandmarkT5', 'build_landmark_model', 't5_parameter_count', 'count_parameters', 'save_landmark_model',
+           'load_landmark_model', 'train_landmarks', 'predict_landmarks']
 
 # %% ../nbs/15_landmarks.ipynb #a0392ca2
 FACE_POSE_IDS = tuple(range(11))          # MediaPipe Pose 0–10: nose, eyes, ears, mouth corners
@@ -199,7 +200,7 @@ def compare_sources(mp_pts: np.ndarray, mp_pres: np.ndarray,   # mediapipe point
 # %% ../nbs/15_landmarks.ipynb #f4c3b79d
 class LandmarkProducer:
     """Per-clip landmarks for `extract_manifest(..., producer=)`: mediapipe Holistic or the renderer's keypoints."""
-    columns = ("source", "mp_pose", "mp_left_hand", "mp_right_hand", "ms")
+    columns = ("source", "mp_pose", "mp_left_hand", "mp_right_hand")
 
     def __init__(self, cfg: LandmarksConfig,
                  groundtruth: dict[str, str | Path] | None = None,   # clip id -> its full video's keypoints .npz
@@ -261,7 +262,7 @@ class LandmarkProducer:
                 x, _ = normalize_landmarks(pts, pres, cfg.face_subset)
             except NoSigner as e:
                 raise ExtractFailure("no_signer", f"{file}: renderer keypoints: {e}") from None
-        info = {"source": source, "ms": round(1000 * (time.perf_counter() - t0), 1),
+        info = {"source": source, "_ms": round(1000 * (time.perf_counter() - t0), 1),
                 **{f"mp_{k}": rates.get(k, "") for k in ("pose", "left_hand", "right_hand")}}
         return torch.from_numpy(x.reshape(len(x), -1)), info
 
@@ -303,6 +304,13 @@ def groundtruth_index(domain_dir: str | Path, split: str) -> dict[str, Path]:
         return {}
     sentences, _ = read_how2sign_csv(csv)
     return {s.sentence_name: domain_dir / "keypoints" / f"{s.video_name}.npz" for s in sentences}
+
+
+def _update_timings(path: Path, timed: dict[str, dict], keep: set[str]) -> None:
+    """Per-clip landmark times: this run's, plus an earlier (resumed) run's for clips still in the folder."""
+    rows = {r["id"]: r for r in read_tsv(path)} if path.is_file() else {}
+    rows.update({i: {"id": i, **t} for i, t in timed.items()})
+    write_tsv(path, [rows[i] for i in sorted(rows) if i in keep], ("id", "domain", "split", "ms"))
 
 
 def _split_summary(out_dir: Path, rep: dict) -> dict:
@@ -357,7 +365,7 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
     if not cfg.is_synthetic and lm.fallback == "groundtruth":
         print("note: landmarks.fallback groundtruth has no ground truth on real data: clips without a signer are skipped")
     root, t0 = Path(lm.feature_dir), time.perf_counter()
-    splits = {}
+    splits, timed = {}, {}
     for domain in domains:
         ddir = cfg.domain_dirs().get(domain)
         for split in cfg.data.splits:
@@ -371,6 +379,7 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
             rep = extract_manifest(manifest, None, out, None, num_workers=cfg.hardware.num_workers,
                                    progress=progress, producer=producer, mirror=True)   # persistent: resumes
             splits[f"{domain}/{split}"] = _split_summary(out, rep)
+            timed.update({i: {"domain": domain, "split": split, "ms": m["_ms"]} for i, m in rep["measured"].items()})
             for f in rep["failures"][:5]:
                 print(f"failed {domain}/{split} {f['id']}: {f['reason']} — {f['detail']}")
     check = mediapipe_check(cfg, check_clips) if (cfg.is_synthetic and lm.method == "groundtruth" and check_clips) else None
@@ -383,16 +392,9 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
               "sources": dict(sorted(total.items())), "failed": sum(s["failed"] for s in splits.values()),
               "splits": splits, "mediapipe_check": check, "seconds": round(time.perf_counter() - t0, 2)}
     remove_other_outputs(root, list(splits) + ["report.json"])
-    write_json(root / "report.json", _without(report, RUN_DEPENDENT))   # a rerun or a resume writes the same bytes
+    _update_timings(timings_file("landmarks_extract"), timed, {r["id"] for s in splits for r in read_tsv(root / s / "lengths.tsv")})
+    write_json(root / "report.json", without_keys(report))   # timings printed, not stored: a rerun writes the same bytes
     return report
-
-
-RUN_DEPENDENT = ("extracted", "skipped_existing", "seconds", "ms_per_frame")   # returned and printed, not stored
-
-def _without(d, keys):
-    if isinstance(d, dict):
-        return {k: _without(v, keys) for k, v in d.items() if k not in keys}
-    return [_without(v, keys) for v in d] if isinstance(d, list) else d
 
 # %% ../nbs/15_landmarks.ipynb #fe54e178
 LANDMARK_PRESETS = {   # T5 sizes, frame_stack (consecutive frames per encoder position) and dropout
@@ -587,15 +589,19 @@ def train_landmarks(cfg: Config, progress: bool = True) -> dict:
 
 
 def predict_landmarks(cfg: Config, model: LandmarkT5 | None = None, split: str = "test",
-                      out_dir: str | Path = "predictions/landmarks", progress: bool = True) -> dict:
-    """Translate the target `split`'s landmarks → `out_dir/predictions.tsv` + `info.json` (the evaluate contract)."""
+                      out_dir: str | Path = "predictions/landmarks", progress: bool = True,
+                      timings_root: str | Path = TIMINGS_DIR) -> dict:
+    """Translate the target `split`'s landmarks → `out_dir/predictions.tsv` + `info.json` (the evaluate contract);
+    per-clip timings → `timings_root/landmarks.tsv`."""
     device = resolve_device(cfg.hardware.device)
     model = (model or load_landmark_model(Path(cfg.landmarks.output_dir) / "landmarks.pt")).to(device).eval()
     tok, lang = SonarTokenizer(cfg.model.tokenizer), cfg.model.target_lang
     folder = Path(cfg.landmarks.feature_dir) / "target" / split
     ds = FeatureDataset(folder, tok, lang, cfg.data.max_source_length, cfg.data.max_target_length)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    preds = []
+    extract_ms = timings_file("landmarks_extract", timings_root)
+    extract_ms = {r["id"]: float(r["ms"]) for r in read_tsv(extract_ms)} if extract_ms.is_file() else {}
+    preds, timings = [], []
     for i in tqdm(range(len(ds)), desc="translate landmarks/target", unit="clip", disable=not progress):
         r = ds.rows[i]
         x = ds[i]["features"].to(device)[None]                                  # [1, F, K·3]
@@ -607,16 +613,18 @@ def predict_landmarks(cfg: Config, model: LandmarkT5 | None = None, split: str =
                                  cfg.model.length_penalty, encoder_outputs=enc)[0]
         sync(); t2 = time.perf_counter()
         t_enc, t_dec = 1000 * (t1 - t0), 1000 * (t2 - t1)
-        measured = r.get("source") == "mediapipe" and r.get("ms", "") != ""     # decode + Holistic, timed per clip
-        t_lm = float(r["ms"]) if measured else None
+        measured = r.get("source") == "mediapipe" and r["id"] in extract_ms     # decode + Holistic, timed per clip
+        t_lm = extract_ms.get(r["id"])
         preds.append(dict(id=r["id"], reference=r["translation"], hypothesis=tok.decode(ids), domain="target",
                           signer=r.get("signer", ""), n_frames=r.get("n_frames", r["n_features"]),
-                          t_decode_crop=f"{t_lm:.2f}" if measured else "", t_signhiera="", t_encoder=f"{t_enc:.2f}",
-                          t_decoding=f"{t_dec:.2f}", t_total=f"{t_lm + t_enc + t_dec:.2f}" if measured else "",
                           landmark_source=r.get("source", "")))
+        timings.append(dict(id=r["id"], domain="target", t_decode_crop=f"{t_lm:.2f}" if measured else "",
+                            t_signhiera="", t_encoder=f"{t_enc:.2f}", t_decoding=f"{t_dec:.2f}",
+                            t_total=f"{t_lm + t_enc + t_dec:.2f}" if measured else ""))
     out_dir = Path(out_dir)
-    write_tsv(out_dir / "predictions.tsv", preds, ("id", "reference", "hypothesis", "domain", "signer", "n_frames")
-              + TIMING_COLUMNS + ("landmark_source",))
+    write_tsv(out_dir / "predictions.tsv", preds, ("id", "reference", "hypothesis", "domain", "signer", "n_frames",
+                                                   "landmark_source"))
+    write_tsv(timings_file("landmarks", timings_root), timings, ("id", "domain") + TIMING_COLUMNS)
     fails = read_json(folder / "failures.json")["failures"] if (folder / "failures.json").is_file() else []
     info = dict(system="landmarks", domains={"target": len(preds)}, dataset=cfg.dataset, synthetic=cfg.is_synthetic,
                 preset=cfg.preset, beam_size=cfg.model.beam_size, device=str(device),

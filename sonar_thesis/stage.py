@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import nbformat
 
 # %% auto #0
-__all__ = ['STAGE_DIRECTIVES', 'cell_directives', 'stage_cells', 'run_stage', 'main']
+__all__ = ['STAGE_DIRECTIVES', 'PARAMS_LOG_ENV', 'cell_directives', 'stage_cells', 'record_params_cells', 'run_stage', 'main']
 
 # %% ../nbs/00b_stage.ipynb #c152e959
 _DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)")
@@ -45,6 +45,22 @@ def stage_cells(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                  or (c.cell_type == "code" and cell_directives(c.source) & STAGE_DIRECTIVES)]
     return out
 
+# %% ../nbs/00b_stage.ipynb #f6d89240
+PARAMS_LOG_ENV = "SONAR_THESIS_PARAMS_LOG"   # a folder: each stage writes the params keys it read there
+
+def record_params_cells(nb: nbformat.NotebookNode, report: str | Path) -> nbformat.NotebookNode:
+    """With `$SONAR_THESIS_PARAMS_LOG` set: record the params keys read (00_config) into `{log}/{report stem}.json`."""
+    import os
+    log = os.environ.get(PARAMS_LOG_ENV)
+    if not log:
+        return nb
+    path = (Path(log) / f"{Path(report).stem}.json").resolve()
+    nb.cells.insert(0, nbformat.v4.new_code_cell("from sonar_thesis.config import record_params as _rp\n_read = _rp()"))
+    nb.cells.append(nbformat.v4.new_code_cell(
+        f"import json as _j, pathlib as _p\n_p.Path({str(path)!r}).parent.mkdir(parents=True, exist_ok=True)\n"
+        f"_p.Path({str(path)!r}).write_text(_j.dumps(sorted(_read), indent=1))"))
+    return nb
+
 # %% ../nbs/00b_stage.ipynb #628bf834
 def run_stage(notebook: str | Path,       # the stage's notebook (nbs/…)
               report: str | Path,         # where the executed notebook goes (reports/…)
@@ -56,7 +72,7 @@ def run_stage(notebook: str | Path,       # the stage's notebook (nbs/…)
     """Execute the stage cells of `notebook` with papermill, with `parameters` injected; the result is `report`."""
     import papermill as pm
     notebook, report = Path(notebook), Path(report)
-    nb = stage_cells(nbformat.read(notebook, as_version=4))
+    nb = record_params_cells(stage_cells(nbformat.read(notebook, as_version=4)), report)
     report.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / notebook.name

@@ -893,7 +893,7 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
 
     bar = tqdm(total=total_steps, initial=global_step, unit="step", dynamic_ncols=True,
                disable=not (progress and info.is_main), desc=run_name or out_dir.name)
-    win = {"n": 0, "t": time.perf_counter(), "sums": {}}
+    win = {"n": 0, "sums": {}}
     grad_norm = torch.zeros(())
     last_metrics = None
     try:
@@ -955,13 +955,11 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
                     if not math.isfinite(vals["loss"]) and precision != "fp16":
                         raise FloatingPointError(f"training loss is {vals['loss']} at step {global_step}: lower "
                                                  f"the learning rate, or set hardware.mixed_precision: no")
-                    dt = time.perf_counter() - win["t"]
                     if info.is_main:
                         loggers.log(global_step, {f"train/{k}": v for k, v in vals.items()} | {
-                            "train/lr": lr, "train/grad_norm": float(grad_norm),
-                            "train/steps_per_sec": win["n"] / max(dt, 1e-9),
-                            "train/epoch": epoch + step_in_epoch / len(plan)})
-                    win = {"n": 0, "t": time.perf_counter(), "sums": {}}
+                            "train/lr": lr, "train/grad_norm": float(grad_norm),   # no steps/s: a stored log
+                            "train/epoch": epoch + step_in_epoch / len(plan)})     # is the same bytes every run
+                    win = {"n": 0, "sums": {}}
 
                 # ---- validate
                 evaluated = False

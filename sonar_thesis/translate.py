@@ -25,7 +25,7 @@ from .checkpoints import load_published, read_checkpoint, save_published
 from .config import PRESETS, Config, HardwareConfig, Preset, StageConfig, load_config
 from .extract import (available_memory, choose_batch_size, load_features, measure_peak, merge_windows,
                                   progress_bar, resolve_device)
-from .io import MANIFEST_COLUMNS, read_tsv, write_json, write_tsv
+from .io import MANIFEST_COLUMNS, TIMING_COLUMNS, read_tsv, timings_file, write_json, write_tsv
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
@@ -38,13 +38,13 @@ from .trainer import inputs_fingerprint, load_weights, train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0
-__all__ = ['SIGN_PARAMETERS', 'TIMING_COLUMNS', 'build_translator', 'build_text_encoder', 'Pretrained', 'load_pretrained',
-           'decoder_vocab_rows', 'check_tokenizer_fits', 'iter_clip_windows', 'clip_windows', 'normalize_windows',
-           'clip_units', 'SignStack', 'words_of', 'stream_features', 'ClipDataset', 'collate_clips', 'FeatureDataset',
-           'collate_features', 'text_embeddings', 'attach_teacher', 'embedding_distance', 'freeze', 'FrozenEval',
-           'FeatureModel', 'bleu_validator', 'SignRecognizer', 'crops_manifest', 'split_texts', 'train_tokenizer',
-           'verify_published', 'sign_spans', 'FeatureList', 'TextPairs', 'collate_text', 'TextAutoencoder', 'pretrain',
-           'translate_video', 'translate_manifests', 'translate_manifest', 'domain_bleu']
+__all__ = ['SIGN_PARAMETERS', 'build_translator', 'build_text_encoder', 'Pretrained', 'load_pretrained', 'decoder_vocab_rows',
+           'check_tokenizer_fits', 'iter_clip_windows', 'clip_windows', 'normalize_windows', 'clip_units', 'SignStack',
+           'words_of', 'stream_features', 'ClipDataset', 'collate_clips', 'FeatureDataset', 'collate_features',
+           'text_embeddings', 'attach_teacher', 'embedding_distance', 'freeze', 'FrozenEval', 'FeatureModel',
+           'bleu_validator', 'SignRecognizer', 'crops_manifest', 'split_texts', 'train_tokenizer', 'verify_published',
+           'sign_spans', 'FeatureList', 'TextPairs', 'collate_text', 'TextAutoencoder', 'pretrain', 'translate_video',
+           'translate_manifests', 'translate_manifest', 'domain_bleu']
 
 # %% ../nbs/09_translate.ipynb #7753930b
 def build_translator(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SignToText:
@@ -678,8 +678,6 @@ def pretrain(cfg: Config, progress: bool = True) -> dict:
     return summary
 
 # %% ../nbs/09_translate.ipynb #5bed6ab3
-TIMING_COLUMNS = ("t_decode_crop", "t_signhiera", "t_encoder", "t_decoding", "t_total")
-
 class _Clock:
     def __init__(self, device):
         self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
@@ -718,9 +716,11 @@ def translate_video(path: str | Path, models: Pretrained, cfg: Config, signhiera
 def translate_manifests(manifests: dict[str, str | Path], models: Pretrained, cfg: Config, out_dir: str | Path,
                         system: str, signhiera: SignHiera | None = None, translator: SignToText | None = None,
                         device: str | torch.device = "cpu", crop: bool = True, limit: int = 0,
-                        progress: bool = True) -> dict:
-    """Translate every clip of `{domain: manifest}` → one `out_dir/predictions.tsv` (with a `domain` column) + `info.json`."""
-    out_dir, preds, failures = Path(out_dir), [], []
+                        progress: bool = True, timings_tsv: str | Path | None = None) -> dict:
+    """Translate every clip of `{domain: manifest}` → one `out_dir/predictions.tsv` (with a `domain` column) + `info.json`.
+
+    Per-clip timings go to `timings_tsv` (default `out_dir/timings.tsv`; the stages: `timings/{system}.tsv`)."""
+    out_dir, preds, failures, timings = Path(out_dir), [], [], []
     for domain, manifest in manifests.items():
         rows = read_tsv(manifest, required=MANIFEST_COLUMNS)[: limit or None]
         bar = progress_bar(len(rows), f"translate {system}/{domain}", "clip", progress)
@@ -729,15 +729,15 @@ def translate_manifests(manifests: dict[str, str | Path], models: Pretrained, cf
                 text, t = translate_video(resolve_video_path(manifest, r["video_path"]), models, cfg, signhiera,
                                           translator, crop, device)
                 preds.append(dict(id=r["id"], reference=r["translation"], hypothesis=text, domain=domain,
-                                  signer=r.get("signer", ""), n_frames=r["n_frames"],
-                                  **{k: f"{v:.2f}" for k, v in t.items()}))
+                                  signer=r.get("signer", ""), n_frames=r["n_frames"]))
+                timings.append(dict(id=r["id"], domain=domain, **{k: f"{v:.2f}" for k, v in t.items()}))
             except Exception as e:  # a bad clip is a counted skip, not a lost run
                 failures.append(dict(id=r["id"], domain=domain, error=f"{type(e).__name__}: {e}"))
             bar.set_postfix(failed=len(failures))
             bar.update(1)
         bar.close()
-    write_tsv(out_dir / "predictions.tsv", preds,
-              ("id", "reference", "hypothesis", "domain", "signer", "n_frames") + TIMING_COLUMNS)
+    write_tsv(out_dir / "predictions.tsv", preds, ("id", "reference", "hypothesis", "domain", "signer", "n_frames"))
+    write_tsv(timings_tsv or out_dir / "timings.tsv", timings, ("id", "domain") + TIMING_COLUMNS)
     info = dict(system=system, domains={d: sum(p["domain"] == d for p in preds) for d in manifests},
                 dataset=cfg.dataset, synthetic=cfg.is_synthetic, preset=cfg.preset, beam_size=cfg.model.beam_size,
                 device=str(device), manifests={d: str(m) for d, m in manifests.items()}, n=len(preds),

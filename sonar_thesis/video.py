@@ -25,7 +25,8 @@ import numpy as np
 
 from .config import PRESETS, PreprocessConfig, Preset, load_config
 from .data import VideoError, VideoInfo, _get_batch, _short, open_video, probe_video
-from .io import MANIFEST_COLUMNS, atomic_path, read_json, read_tsv, write_json, write_tsv
+from .io import (MANIFEST_COLUMNS, RUN_DEPENDENT, atomic_path, read_json, read_tsv, without_keys, write_json,
+                             write_tsv)
 
 _logger = logging.getLogger(__name__)
 
@@ -908,7 +909,7 @@ def _crop_task(task: dict) -> dict:
     """Worker: crop one clip; never raises (errors come back as data)."""
     try:
         info = preprocess_clip(task["src"], task["dst"], task["cfg"], task["sizes"], crf=task["crf"])
-        write_json(task["sidecar"], {"id": task["id"], "settings": task["settings"], **info})
+        write_json(task["sidecar"], {"id": task["id"], "settings": task["settings"], **without_keys(info)})
         return {"id": task["id"], "ok": True, **info}
     except Exception as e:
         msg = str(e) if isinstance(e, VideoError) else f"{task['src']}: {_short(e)}"
@@ -1023,7 +1024,7 @@ def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: Prep
         "seconds": round(secs, 2),
         "clips_per_second": round((len(done) - skipped) / secs, 3) if secs > 0 else None,
     }
-    write_json(report_path, report)
+    write_json(report_path, without_keys(report, RUN_DEPENDENT + ("written",)))   # the same bytes on a rerun or resume
     if failures:
         _logger.warning("%s: %d of %d clips failed (see %s)", manifest_tsv, len(failures), len(rows), report_path)
     return report

@@ -70,7 +70,6 @@ def test_every_shipped_params_file_is_in_range(params):
         load_config(params, *[ROOT / "configs" / o for o in overlays])
 
 
-
 class _Reached(Exception):
     """Raised by a stub where a stage cell hands its configuration to the real work."""
 
@@ -107,7 +106,6 @@ def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path
     apply_overrides(params, ["stage1.epochs=-1"])
     with pytest.raises(ConfigError, match=r"params\.yaml: stage1\.epochs: must be >= 1, got -1"):
         run(params)
-
 
 
 def test_dataclass_defaults_are_params_yaml():

@@ -210,7 +210,6 @@ def test_cli_checkpoint_folder_uses_recorded_files(tmp_path):
     assert files["decoder"] == "models/pretrained/sonar_text_decoder.pt"   # frozen in stage 1: the recorded file
 
 
-
 def test_cli_and_dvc_stage_start_stage2_from_the_same_inputs(tmp_path, monkeypatch):
     """`sonar-thesis finetune --stage 2` and the stage2 / ablation DVC stages (10_finetune's stage cell) call
     run_stage2 with the same features, output folder and starting weights: one function decides them."""

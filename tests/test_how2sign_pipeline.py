@@ -10,6 +10,7 @@ configs/how2sign_ci.yaml's CPU budgets). The code paths are those of a full-size
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def _run(args, cwd, env, timeout=1800):
 def real(tmp_path_factory):
     work = tmp_path_factory.mktemp("how2sign")
     copy_worktree(work)
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg",
+           "SONAR_THESIS_PARAMS_LOG": str(work / ".params_log")}      # which params keys each stage reads
     exe = str(VENV_BIN / "sonar-thesis")
     _run([exe, "params", "--overlay", "configs/how2sign.yaml"], work, env)
     _run([exe, "params", "--overlay", "configs/how2sign_ci.yaml"], work, env)
@@ -120,3 +122,11 @@ def test_second_repro_is_up_to_date_and_a_csv_edit_reruns_prepare_and_downstream
     assert set(changed) == {"prepare", "landmarks", "analysis"}, changed
     assert "Running stage 'prepare'" in dry and "Running stage 'synth'" not in dry, dry
     assert "Running stage 'pretrain'" not in dry and "Running stage 'extract'" not in dry, dry
+
+
+def test_every_params_key_a_stage_reads_on_real_data_is_listed(real):
+    """dvc.yaml lists params key by key, and every key a stage read in this run is among them."""
+    work, env, _, _, _ = real
+    r = subprocess.run([sys.executable, "scripts/stage_deps.py", "--check", "--params-from", ".params_log"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

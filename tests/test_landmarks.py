@@ -338,12 +338,16 @@ def test_stages_end_to_end_on_a_tiny_synthetic_corpus(mini, monkeypatch):
     rows = read_tsv(root / "predictions" / "landmarks" / "predictions.tsv")
     n_test = len(read_tsv(root / "prepared" / "target" / "test.tsv"))
     assert info["n"] == len(rows) == n_test and info["synthetic"] and info["landmark_sources"] == {"groundtruth": n_test}
-    assert all(r["domain"] == "target" and r["t_encoder"] and r["t_decoding"] for r in rows)
-    assert all(r["t_total"] == "" and r["t_decode_crop"] == "" for r in rows)     # no mediapipe: no end-to-end latency
+    times = read_tsv(root / "timings" / "landmarks.tsv")                          # timings apart from predictions
+    assert [t["id"] for t in times] == [r["id"] for r in rows] and all(r["domain"] == "target" for r in rows)
+    assert all(t["t_encoder"] and t["t_decoding"] for t in times)
+    assert all(t["t_total"] == "" and t["t_decode_crop"] == "" for t in times)     # no mediapipe: no end-to-end latency
+    assert len(read_tsv(root / "timings" / "landmarks_extract.tsv")) == sum(s["clips"] for s in rep["splits"].values())
     # the evaluate stage scores it like every other system
     ev = evaluate_predictions(root / "predictions" / "landmarks" / "predictions.tsv", root / "eval",
-                              EvaluateConfig(metrics=["bleu4", "chrf"], bootstrap_samples=20), system="landmarks")
-    assert ev["synthetic"] and ev["n"] == n_test and "t_total" not in ev["latency"]
+                              EvaluateConfig(metrics=["bleu4", "chrf"], bootstrap_samples=20), system="landmarks",
+                              timings_tsv=root / "timings" / "landmarks.tsv")
+    assert ev["synthetic"] and ev["n"] == n_test and "t_total" not in ev["latency"] and "t_encoder" in ev["latency"]
     # a rerun of the training stage finds the finished run
     with one_thread():
         again = train_landmarks(cfg, progress=False)

@@ -13,17 +13,14 @@ import pytest
 
 from conftest import ROOT, VENV_BIN, copy_worktree
 from sonar_thesis.config import apply_overlay, load_config
-from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv
+from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv, write_json
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
-    copy_worktree(work)
-    apply_overlay(work / "params.yaml", work / "configs" / "smoke.yaml")
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-    r = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, f"dvc repro failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    env = _smoke_run(work)
+    write_json(work.parent / f"{work.name}.first_hashes.json", _out_hashes(work))   # before any test reruns a stage
     return work, env
 
 
@@ -36,6 +33,15 @@ def test_every_stage_ran_and_second_run_is_up_to_date(pipeline):
     for s in stages:
         assert (work / "reports").glob("*.ipynb"), s
     assert (work / "dvc.lock").exists()
+
+
+def test_every_params_key_a_stage_reads_is_listed(pipeline):
+    """dvc.yaml lists params key by key, and every key a stage read in this run is among them."""
+    import sys
+    work, env = pipeline
+    r = subprocess.run([sys.executable, "scripts/stage_deps.py", "--check", "--params-from", ".params_log"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_manifests_list_every_clip_with_frames_and_text(pipeline):
@@ -60,9 +66,11 @@ def test_models_predictions_metrics_and_figures(pipeline):
     assert {r["domain"] for r in zs} == {"source", "target"}  # zero-shot on both domains: the domain gap
     for system in ("zeroshot", "stage2", "ablation", "landmarks"):
         rows = read_tsv(work / "predictions" / system / "predictions.tsv")
+        times = read_tsv(work / "timings" / f"{system}.tsv")                   # measured: kept apart
         # landmarks from the renderer (not mediapipe) have no end-to-end latency; the model's parts are timed
         timed = ("t_encoder", "t_decoding") if system == "landmarks" else ("t_total",)
-        assert rows and all(r[t] for r in rows for t in timed), system
+        assert rows and [t["id"] for t in times] == [r["id"] for r in rows], system
+        assert all(t[c] for t in times for c in timed) and "t_total" not in rows[0], system
         m = read_json(work / "metrics" / f"{system}.json")
         n_target = sum(r["domain"] == "target" for r in rows)
         assert m["synthetic"] is True and m["n"] == n_target and 0 <= m["bleu4"] <= 100
@@ -112,13 +120,53 @@ def _out_hashes(work: Path) -> dict:
             if not o["path"].startswith("reports/")}
 
 
-# predictions/ and what is computed from them carry measured latencies (different every run by nature)
-@pytest.mark.parametrize("stage, measured", [("extract", ()), ("stage2", ("predictions/stage2",))])
-def test_a_forced_rerun_gives_byte_identical_outputs(pipeline, stage, measured):
-    """Same inputs and seed -> the same bytes: features, checkpoints and reports of a rerun hash as before."""
+def _smoke_run(work: Path) -> dict:
+    copy_worktree(work)
+    apply_overlay(work / "params.yaml", work / "configs" / "smoke.yaml")
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "MPLBACKEND": "Agg",
+           "SONAR_THESIS_PARAMS_LOG": str(work / ".params_log")}      # which params keys each stage reads
+    r = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"dvc repro failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return env
+
+
+MEASURED = ("timings/",)   # wall-clock measurements, different on every run by nature, and nothing else
+
+
+def test_two_clean_runs_give_the_same_dvc_lock(pipeline, tmp_path_factory):
+    """Same inputs and seed -> the same bytes: every stage output of a second clean run hashes as the first's."""
+    work, _ = pipeline
+    again = tmp_path_factory.mktemp("pipeline_again")
+    _smoke_run(again)
+    first, second = read_json(work.parent / f"{work.name}.first_hashes.json"), _out_hashes(again)
+    assert set(first) == set(second)
+    differ = {p for p in first if first[p] != second[p]}
+    assert {p for p in differ if not p.startswith(MEASURED)} == set(), differ
+
+
+def test_killed_dvc_repro_resumes_extraction(pipeline):
+    """`dvc repro` killed mid-extract keeps the finished feature files; the rerun skips them and ends identical."""
+    import signal
+    import time
     work, env = pipeline
     before = _out_hashes(work)
-    r = subprocess.run(["dvc", "repro", "-f", "-s", stage], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    feats = work / "data" / "features" / "pretrained"
+    total = sum(len(read_tsv(m)) for m in (work / "data" / "crops").glob("*/*.tsv"))
+    subprocess.run(["rm", "-rf", str(feats)], check=True)
+    proc = subprocess.Popen(["dvc", "repro", "-s", "extract"], cwd=work, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and len(list(feats.rglob("*.pt"))) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)                      # dvc, papermill's kernel, the loader workers
+        proc.wait(timeout=60)
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in feats.rglob("*.pt")}
+    assert 2 <= len(kept) < total, (len(kept), total)
+    r = subprocess.run(["dvc", "repro", "-s", "extract"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    after = _out_hashes(work)
-    assert {p: (before[p], after[p]) for p in before if before[p] != after[p] and p not in measured} == {}
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept   # not rewritten: skipped
+    assert len(list(feats.rglob("*.pt"))) == total
+    assert _out_hashes(work)["data/features/pretrained"] == before["data/features/pretrained"]
