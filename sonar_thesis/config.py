@@ -466,6 +466,7 @@ class Config:
     dataset: Literal["synthetic", "how2sign"] = "synthetic"
     preset: Literal["tiny", "small", "sonar"] = "tiny"
     seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [1, 2])   # extra training seeds (13c_seeds); the main run is `seed`
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -507,6 +508,8 @@ class Config:
         if self.dataset == "how2sign" and Path(self.data.root) == Path(self.synth.output_dir):
             raise ConfigError(f"data.root: {self.data.root!r} is the synthetic corpus (synth.output_dir); point it "
                               f"at the How2Sign folder (how2sign_realigned_*.csv + videos), e.g. data/how2sign")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds) or self.seed in self.seeds:
+            raise ConfigError(f"seeds: expected distinct integers >= 0 other than seed ({self.seed}), got {self.seeds}")
 
 # %% ../nbs/00_config.ipynb #fb4a0355
 _READ: set[str] | None = None     # params keys read since record_params(), or None when not recording

@@ -24,7 +24,7 @@ __all__ = ['BLEU_MAX_ORDER', 'ROUGE_USE_STEMMER', 'COCO_PUNCTUATIONS', 'JAVA_INS
            'chrf_stats', 'bleu_from_stats', 'chrf_from_stats', 'rouge_l_scores', 'JavaNotFoundError', 'java_path',
            'require_java', 'coco_tokenize', 'close_meteor', 'meteor_score', 'cider_score', 'bleurt_unavailable',
            'bleurt_scores', 'corpus_scores', 'sentence_scores', 'BootstrapCI', 'PairedBootstrap', 'bootstrap_ci',
-           'paired_bootstrap']
+           'paired_bootstrap_diffs', 'paired_bootstrap']
 
 # %% ../nbs/11_metrics.ipynb #341c9129
 def _check_texts(texts, name: str) -> list[str]:
@@ -503,17 +503,24 @@ def bootstrap_ci(hyps: Sequence[str], refs, metric: str = "bleu4", n_samples: in
     return BootstrapCI(score, float(lo), float(hi), float(boot.std()))
 
 
-def paired_bootstrap(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, metric: str = "bleu4",
-                     n_samples: int = 1000, seed: int = 0, alpha: float = 0.05) -> PairedBootstrap:
-    "Koehn (2004) paired bootstrap resampling of score(A) - score(B): (mean diff, CI, one-sided p)."
-    _check_bootstrap_args(n_samples, alpha)
+def paired_bootstrap_diffs(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, metric: str = "bleu4",
+                           n_samples: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    "score(A) - score(B) on the full set, and on `n_samples` paired resamples [n_samples] (both systems on the same sentences)."
+    _check_bootstrap_args(n_samples, 0.05)
     hyps_a, per_hyp = normalise_inputs(hyps_a, refs)
     hyps_b, _ = normalise_inputs(hyps_b, per_hyp)
     Sa, f = _stats_and_scorer(metric, hyps_a, per_hyp)
     Sb, _ = _stats_and_scorer(metric, hyps_b, per_hyp)
     N = len(hyps_a)
     observed = float(f(Sa.sum(0, keepdims=True), N)[0] - f(Sb.sum(0, keepdims=True), N)[0])
-    diffs = np.concatenate([f(W @ Sa, N) - f(W @ Sb, N) for W in _resample_counts(N, n_samples, seed)])
+    return observed, np.concatenate([f(W @ Sa, N) - f(W @ Sb, N) for W in _resample_counts(N, n_samples, seed)])
+
+
+def paired_bootstrap(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, metric: str = "bleu4",
+                     n_samples: int = 1000, seed: int = 0, alpha: float = 0.05) -> PairedBootstrap:
+    "Koehn (2004) paired bootstrap resampling of score(A) - score(B): (mean diff, CI, one-sided p)."
+    _check_bootstrap_args(n_samples, alpha)
+    observed, diffs = paired_bootstrap_diffs(hyps_a, hyps_b, refs, metric, n_samples, seed)
     if observed > 0:
         k = int((diffs <= 0).sum())
     elif observed < 0:
