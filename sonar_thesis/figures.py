@@ -26,9 +26,9 @@ from .io import atomic_path, atomic_write, read_json, read_tsv
 __all__ = ['METRIC_LABELS', 'SYSTEM_COLORS', 'FIGURE_LABELS', 'PUBLISHED_SOURCE', 'PUBLISHED_HOW2SIGN', 'OUR_EXTRA_DATA',
            'TABLE_COLUMNS', 'PUBLISHED_HEADING', 'TEX_ENGINES', 'figure_label', 'system_color', 'thesis_rc',
            'figure_title', 'new_figure', 'figure_text', 'save_figure', 'read_dvclive', 'learning_curve_series',
-           'plot_learning_curves', 'plot_metric_bars', 'plot_bleu_by_length', 'plot_bleu_by_signer', 'latex_escape',
-           'table_caption', 'results_table_markdown', 'results_table_latex', 'validate_latex_table', 'check_latex',
-           'load_evaluations', 'decide_synthetic', 'make_figures']
+           'plot_learning_curves', 'plot_metric_bars', 'attach_seeds', 'plot_bleu_by_length', 'plot_bleu_by_signer',
+           'latex_escape', 'table_columns', 'table_caption', 'results_table_markdown', 'results_table_latex',
+           'validate_latex_table', 'check_latex', 'load_evaluations', 'decide_synthetic', 'make_figures']
 
 # %% ../nbs/14_figures.ipynb #91ed5e22
 #| export
@@ -180,9 +180,12 @@ def plot_metric_bars(evals: dict[str, dict], *, synthetic: bool, cfg: FiguresCon
     systems = sorted(evals, key=system_sort_key)
     metrics = [m for m in cfg.bar_metrics if any(m in evals[s]["scores"] for s in systems)]
     width = 0.8 / max(len(systems), 1)
+    k_seeds = max((evals[s].get("seeds", {}).get("n_seeds", 0) for s in systems), default=0)   # attach_seeds (13c_seeds)
     with plt.rc_context(thesis_rc(cfg.font_size)):
         fig, ax = new_figure(cfg, "double", 2.6)
         x = np.arange(len(metrics))
+        seed_top, seed_text = [0.0], f"mean ± sd over {k_seeds} training seeds"
+        seed_label = seed_text
         for i, s in enumerate(systems):
             sc, ci = evals[s]["scores"], evals[s]["ci"]
             y = np.array([sc.get(m, np.nan) for m in metrics])
@@ -190,16 +193,48 @@ def plot_metric_bars(evals: dict[str, dict], *, synthetic: bool, cfg: FiguresCon
             hi = np.clip([ci[m]["high"] - y[j] if m in ci else np.nan for j, m in enumerate(metrics)], 0, None)
             ax.bar(x - 0.4 + width * (i + 0.5), y, width * 0.92, yerr=[lo, hi], capsize=2,
                    color=system_color(s), label=figure_label(s), error_kw={"elinewidth": 0.8, "capthick": 0.8})
+            sm = evals[s].get("seeds", {}).get("metrics", {})      # seed variance, drawn just right of the CI bar
+            js = [j for j, m in enumerate(metrics) if m in sm]
+            if js:
+                mean, sd = np.array([sm[metrics[j]]["mean"] for j in js]), np.array([sm[metrics[j]]["sd"] for j in js])
+                ax.errorbar(x[js] - 0.4 + width * (i + 0.5) + 0.25 * width, mean, yerr=sd, fmt="D", ms=2.6, color="black",
+                            mfc="white", mew=0.7, elinewidth=1.4, capsize=0, zorder=3, label=seed_label)
+                seed_label, seed_top = None, seed_top + list(mean + sd)
         no_ci = {m for m in metrics if not any(m in evals[s]["ci"] for s in systems)}
         ax.set_xticks(x, [METRIC_LABELS.get(m, m) + ("\n(no CI)" if m in no_ci else "") for m in metrics])
         ax.set_ylabel("score (0–100)")
         ax.set_ylim(0, min(100, max(5.0, 1.15 * np.nanmax([evals[s]["ci"].get(m, {}).get("high", evals[s]["scores"].get(m, 0))
-                                                              for s in systems for m in metrics]))))
+                                                              for s in systems for m in metrics] + seed_top))))
         ax.grid(axis="x", visible=False)
-        fig.legend(loc="outside lower center", ncol=min(len(systems), 4), frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda j: labels[j] == seed_text)      # the seed marker last
+        fig.legend([handles[j] for j in order], [labels[j] for j in order], loc="outside lower center",
+                   ncol=min(len(systems), 4), frameon=False)
         n = max(e["n"] for e in evals.values())
-        fig.suptitle(figure_title("Test-set metrics with 95% bootstrap CIs", synthetic, n))
+        fig.suptitle(figure_title("Test-set metrics with 95% bootstrap CIs"
+                                  + (f" and the mean ± sd over {k_seeds} training seeds" if k_seeds else ""), synthetic, n))
     return fig
+
+# %% ../nbs/14_figures.ipynb #548f22d1
+def attach_seeds(evals: dict[str, dict], summary_path: str | Path) -> dict[str, dict]:
+    """`evals` with `seeds` = {n_seeds, metrics: {m: {mean, sd}}} for each system with several seed runs in
+    `13c_seeds`' summary.json (unchanged when the file does not exist)."""
+    path = Path(summary_path)
+    if not path.is_file() or not evals:
+        return evals
+    summ = read_json(path)
+    if summ["synthetic"] != _systems_synthetic(evals):
+        raise ValueError(f"{path}: synthetic={summ['synthetic']} but the evaluations are not — rerun the seeds stage")
+    out = {}
+    for s, e in evals.items():
+        ms = {m: v for m, v in summ["systems"].get(s, {}).get("metrics", {}).items() if v["sd"] is not None}
+        for m, v in ms.items():
+            if m in e["scores"] and abs(v["main"] - e["scores"][m]) > 1e-3:
+                raise ValueError(f"{path}: {s} {m} of the main run is {v['main']}, its evaluation.json says "
+                                 f"{e['scores'][m]:.4f} — the summary is stale: rerun the seeds stage")
+        out[s] = {**e, "seeds": dict(n_seeds=max(v["n_seeds"] for v in ms.values()),
+                                     metrics={m: dict(mean=v["mean"], sd=v["sd"]) for m, v in ms.items()})} if ms else e
+    return out
 
 # %% ../nbs/14_figures.ipynb #72aac857
 def _num(v):
@@ -282,7 +317,7 @@ assert max(r["bleu4"] for r in PUBLISHED_HOW2SIGN) < 20, "published How2Sign BLE
 # %% ../nbs/14_figures.ipynb #3dbc49a3
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "–": "--", "—": "---", "≈": r"$\approx$", "×": r"$\times$", "é": r"\'e", "è": r"\`e",
+                  "–": "--", "—": "---", "≈": r"$\approx$", "×": r"$\times$", "±": r"$\pm$", "é": r"\'e", "è": r"\`e",
                   "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
@@ -309,8 +344,21 @@ def _our_rows(evals: dict[str, dict], synthetic: bool) -> list[dict]:
         sc, ci = e["scores"], e["ci"].get("bleu4")
         rows.append(dict(system=figure_label(s), extra_data=OUR_EXTRA_DATA["synthetic" if synthetic else "how2sign"].get(s, "–"),
                          bleu1=sc.get("bleu1"), bleu4=sc.get("bleu4"), bleu4_ci=(ci["low"], ci["high"]) if ci else None,
-                         rougeL=sc.get("rougeL"), bleurt=sc.get("bleurt"), n=e["n"]))
+                         rougeL=sc.get("rougeL"), bleurt=sc.get("bleurt"), n=e["n"],
+                         bleu4_seeds=e.get("seeds", {}).get("metrics", {}).get("bleu4")))   # {mean, sd} (attach_seeds)
     return rows
+
+
+def table_columns(evals: dict[str, dict]) -> tuple[str, ...]:
+    """`TABLE_COLUMNS`, with "BLEU-4 mean ± sd over N seeds" after BLEU-4 when a seed summary is attached."""
+    k = max((e.get("seeds", {}).get("n_seeds", 0) for e in evals.values()), default=0)
+    i = TABLE_COLUMNS.index("BLEU-4") + 1
+    return TABLE_COLUMNS[:i] + (f"BLEU-4 mean ± sd over {k} seeds",) + TABLE_COLUMNS[i:] if k else TABLE_COLUMNS
+
+
+def _seed_cell(r: dict) -> str:
+    s = r["bleu4_seeds"]
+    return "–" if s is None else f"{s['mean']:.1f} ± {s['sd']:.1f}"
 
 
 def _signature(evals: dict[str, dict]) -> str:
@@ -346,22 +394,23 @@ PUBLISHED_HEADING = "Published How2Sign test results (not measured here)"
 
 def results_table_markdown(evals: dict[str, dict]) -> str:
     """The results table as Markdown (published rows, then our rows in their own labelled section)."""
-    synthetic = _systems_synthetic(evals)
+    synthetic, cols = _systems_synthetic(evals), table_columns(evals)
+    seed = (lambda r: f" {_seed_cell(r)} |") if len(cols) > len(TABLE_COLUMNS) else (lambda r: "")
     lines = [f"**Table: How2Sign results — published vs this repository"
              + (" (our rows: SYNTHETIC stand-in corpus, not How2Sign)" if synthetic else "") + ".** "
              + table_caption(evals, synthetic, code=lambda s: f"`{s}`"), "",
-             "| " + " | ".join(TABLE_COLUMNS) + " | Source |", "|" + "---|" * (len(TABLE_COLUMNS) + 1),
-             f"| **{PUBLISHED_HEADING}** |" + " |" * len(TABLE_COLUMNS)]
+             "| " + " | ".join(cols) + " | Source |", "|" + "---|" * (len(cols) + 1),
+             f"| **{PUBLISHED_HEADING}** |" + " |" * len(cols)]
     for r in PUBLISHED_HOW2SIGN:
-        lines.append(f"| {r['system']} ({r['venue']}) | {r['extra_data']} | {_v(r['bleu1'])} | {_v(r['bleu4'])} | "
-                     f"{_v(r['rougeL'])} | {_v(r['bleurt'])} | – | no | {r['cite']} |")
-    lines.append(f"| **{_section_heading(synthetic, evals)}** |" + " |" * len(TABLE_COLUMNS))
+        lines.append(f"| {r['system']} ({r['venue']}) | {r['extra_data']} | {_v(r['bleu1'])} | {_v(r['bleu4'])} |"
+                     f"{seed(dict(bleu4_seeds=None))} {_v(r['rougeL'])} | {_v(r['bleurt'])} | – | no | {r['cite']} |")
+    lines.append(f"| **{_section_heading(synthetic, evals)}** |" + " |" * len(cols))
     for r in _our_rows(evals, synthetic):
         ci = f" [{r['bleu4_ci'][0]:.1f}, {r['bleu4_ci'][1]:.1f}]" if r["bleu4_ci"] else ""
         lines.append(f"| {r['system']}{' (synthetic)' if synthetic else ''} | {r['extra_data']} | {_v(r['bleu1'])} | "
-                     f"{_v(r['bleu4'])}{ci} | {_v(r['rougeL'])} | {_v(r['bleurt'])} | {r['n']:,} | yes | this repository |")
+                     f"{_v(r['bleu4'])}{ci} |{seed(r)} {_v(r['rougeL'])} | {_v(r['bleurt'])} | {r['n']:,} | yes | this repository |")
     if not evals:
-        lines.append("| (no system evaluated yet) |" + " |" * len(TABLE_COLUMNS))
+        lines.append("| (no system evaluated yet) |" + " |" * len(cols))
     return "\n".join(lines)
 
 
@@ -373,24 +422,25 @@ def _latex_caption(evals: dict[str, dict], synthetic: bool) -> str:
 
 def results_table_latex(evals: dict[str, dict], label: str = "tab:how2sign-results") -> str:
     """The results table as a booktabs LaTeX `table` (needs \\usepackage{booktabs})."""
-    synthetic = _systems_synthetic(evals)
-    ncol = len(TABLE_COLUMNS)
+    synthetic, cols = _systems_synthetic(evals), table_columns(evals)
+    ncol, seed = len(cols), (lambda r: [latex_escape(_seed_cell(r))]) if len(cols) > len(TABLE_COLUMNS) else (lambda r: [])
     row = lambda cells: " & ".join(cells) + r" \\"
     L = [r"\begin{table}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
          r"\caption{" + _latex_caption(evals, synthetic) + "}", rf"\label{{{label}}}",
          r"\begin{tabular}{ll" + "r" * (ncol - 3) + "c}", r"\toprule",
-         row([rf"\textbf{{{latex_escape(c)}}}" if c != "n" else r"$n$" for c in TABLE_COLUMNS]), r"\midrule",
+         row([rf"\textbf{{{latex_escape(c)}}}" if c != "n" else r"$n$" for c in cols]), r"\midrule",
          row([rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{latex_escape(PUBLISHED_HEADING)}}}}}"])]
     for r in PUBLISHED_HOW2SIGN:
         L.append(row([f"{latex_escape(r['system'])} \\cite{{{r['cite']}}}", latex_escape(r["extra_data"]),
-                      *(latex_escape(_v(r[k])) for k in ("bleu1", "bleu4", "rougeL", "bleurt")), "--", "no"]))
+                      latex_escape(_v(r["bleu1"])), latex_escape(_v(r["bleu4"])), *seed(dict(bleu4_seeds=None)),
+                      latex_escape(_v(r["rougeL"])), latex_escape(_v(r["bleurt"])), "--", "no"]))
     L += [r"\midrule", row([rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{latex_escape(_section_heading(synthetic, evals))}}}}}"])]
     for r in _our_rows(evals, synthetic):
         b4 = latex_escape(_v(r["bleu4"]))
         if r["bleu4_ci"]:
             b4 += rf" {{\scriptsize [{r['bleu4_ci'][0]:.1f}, {r['bleu4_ci'][1]:.1f}]}}"
         L.append(row([latex_escape(r["system"] + (" (synthetic)" if synthetic else "")), latex_escape(r["extra_data"]),
-                      latex_escape(_v(r["bleu1"])), b4, latex_escape(_v(r["rougeL"])), latex_escape(_v(r["bleurt"])),
+                      latex_escape(_v(r["bleu1"])), b4, *seed(r), latex_escape(_v(r["rougeL"])), latex_escape(_v(r["bleurt"])),
                       f"{r['n']:,}".replace(",", "{,}"), "yes"]))
     if not evals:
         L.append(row([rf"\multicolumn{{{ncol}}}{{l}}{{(no system evaluated yet)}}"]))
@@ -498,6 +548,7 @@ def make_figures(cfg: FiguresConfig, results_dir: str | Path = "results", analys
     out_dir = Path(root) / cfg.output_dir
     evals = load_evaluations(Path(root) / results_dir, systems)
     synthetic = decide_synthetic(evals, dataset)
+    evals = attach_seeds(evals, Path(root) / results_dir / "seeds" / "summary.json")    # 13c_seeds, when it has run
     written, skipped = {}, {}
 
     def save(fig, name):
