@@ -5,10 +5,13 @@
 # %% ../nbs/02_data.ipynb #cf37688e
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import logging
 import math
+import os
+import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -116,6 +119,24 @@ def _short(e: BaseException) -> str:
     lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(("[bt]", "Stack"))]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Keep what decord's C++ side prints on fd 2 (FFmpeg's and dmlc's error lines) out of the terminal: the
+    VideoError raised instead says it in one line."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):      # no real file descriptor (a notebook's stream)
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
 def open_video(path: str | Path, num_threads: int = 1):
     """Open `path` with decord (RGB frames); return `(reader, n_frames, fps)` or raise VideoError."""
     import decord
@@ -125,7 +146,8 @@ def open_video(path: str | Path, num_threads: int = 1):
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes) — re-cut or re-download it")
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        with _quiet_native_stderr():
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
         n, fps = len(vr), float(vr.get_avg_fps())
     except Exception as e:
         raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None

@@ -144,6 +144,11 @@ def test_two_clean_runs_give_the_same_dvc_lock(pipeline, tmp_path_factory):
     assert {p for p in differ if not p.startswith(MEASURED)} == set(), differ
 
 
+def _finished(folder: Path) -> list[Path]:
+    """Finished feature files (a killed run may leave hidden `.{id}.XXXXXXXX.tmp.pt` files, never these)."""
+    return [p for p in folder.rglob("*.pt") if not p.name.startswith(".")]
+
+
 def test_killed_dvc_repro_resumes_extraction(pipeline):
     """`dvc repro` killed mid-extract keeps the finished feature files; the rerun skips them and ends identical."""
     import signal
@@ -157,16 +162,16 @@ def test_killed_dvc_repro_resumes_extraction(pipeline):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and len(list(feats.rglob("*.pt"))) < 2:
+        while time.time() < deadline and len(_finished(feats)) < 2:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)                      # dvc, papermill's kernel, the loader workers
         proc.wait(timeout=60)
-    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in feats.rglob("*.pt")}
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _finished(feats)}
     assert 2 <= len(kept) < total, (len(kept), total)
     r = subprocess.run(["dvc", "repro", "-s", "extract"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept   # not rewritten: skipped
-    assert len(list(feats.rglob("*.pt"))) == total
+    assert len(_finished(feats)) == total and not list(feats.rglob(".*.tmp.pt"))   # the killed run's temp: gone
     assert _out_hashes(work)["data/features/pretrained"] == before["data/features/pretrained"]
