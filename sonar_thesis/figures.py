@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 
@@ -23,12 +24,13 @@ from .analysis import AnalysisConfig
 from .io import atomic_path, atomic_write, read_json, read_tsv
 
 # %% auto #0
-__all__ = ['METRIC_LABELS', 'SYSTEM_COLORS', 'FIGURE_LABELS', 'PUBLISHED_SOURCE', 'PUBLISHED_HOW2SIGN', 'OUR_EXTRA_DATA',
-           'TABLE_COLUMNS', 'PUBLISHED_HEADING', 'TEX_ENGINES', 'figure_label', 'system_color', 'thesis_rc',
-           'figure_title', 'new_figure', 'figure_text', 'save_figure', 'read_dvclive', 'learning_curve_series',
-           'plot_learning_curves', 'plot_metric_bars', 'attach_seeds', 'plot_bleu_by_length', 'plot_bleu_by_signer',
-           'latex_escape', 'table_columns', 'table_caption', 'results_table_markdown', 'results_table_latex',
-           'validate_latex_table', 'check_latex', 'load_evaluations', 'decide_synthetic', 'make_figures']
+__all__ = ['METRIC_LABELS', 'SYSTEM_COLORS', 'FIGURE_LABELS', 'SCORE_METRICS', 'RUN_TITLES', 'CURVE_STYLE', 'PUBLISHED_SOURCE',
+           'PUBLISHED_HOW2SIGN', 'OUR_EXTRA_DATA', 'TABLE_COLUMNS', 'PUBLISHED_HEADING', 'TEX_ENGINES', 'figure_label',
+           'system_color', 'thesis_rc', 'figure_title', 'new_figure', 'figure_text', 'save_figure', 'read_dvclive',
+           'learning_curve_series', 'log_scale_wanted', 'training_runs', 'plot_learning_curves', 'plot_metric_bars',
+           'attach_seeds', 'plot_bleu_by_length', 'plot_bleu_by_signer', 'latex_escape', 'table_columns',
+           'table_caption', 'results_table_markdown', 'results_table_latex', 'validate_latex_table', 'check_latex',
+           'load_evaluations', 'decide_synthetic', 'make_figures']
 
 # %% ../nbs/14_figures.ipynb #91ed5e22
 #| export
@@ -140,28 +142,112 @@ def _find(logs: dict, pattern: str):
     return logs[sorted(keys, key=len)[0]] if keys else None
 
 
+_VAL = r"(val|eval|valid|validation)/(.*/)?"
+SCORE_METRICS = ((r"bleu_?4", "BLEU-4", 1.0), (r"sign_?accuracy", "sign acc. (%)", 100.0))  # first one logged; factor
+
+
 def learning_curve_series(logs: dict) -> dict:
-    """{'loss': (steps, values) | None, 'bleu4': … | None}: training loss and validation BLEU-4."""
-    return {"loss": _find(logs, r"(train/)?(.*/)?loss"),
-            "bleu4": _find(logs, r"(val|eval|valid|validation)/(.*/)?bleu_?4")}
+    """One run's curves: {'loss', 'val_loss', 'score': (steps, values) | None, 'score_name', 'epochs'}.
+
+    `score` is validation BLEU-4, else sign accuracy in % (the video pretraining phase); `epochs` the last
+    logged `train/epoch`."""
+    score, score_name = None, None
+    for pattern, label, scale in SCORE_METRICS:
+        if (found := _find(logs, _VAL + pattern)) is not None:
+            score, score_name = (found[0], found[1] * scale), label
+            break
+    epoch = _find(logs, r"train/epoch")
+    return {"loss": _find(logs, r"(?!(val|eval|valid|validation)/)(train/)?(.*/)?loss"),
+            "val_loss": _find(logs, _VAL + r"(val_)?loss"), "score": score, "score_name": score_name,
+            "epochs": float(epoch[1][-1]) if epoch is not None and len(epoch[1]) else None}
+
+
+def log_scale_wanted(*series, decades: float = 1.0) -> bool:
+    """True when the positive values of `series` ((steps, values) or None) span more than `decades` decades."""
+    v = np.concatenate([np.asarray(s[1], float) for s in series if s is not None] or [np.zeros(0)])
+    v = v[np.isfinite(v) & (v > 0)]
+    return len(v) > 1 and np.log10(v.max() / v.min()) > decades
+
+
+def training_runs(runs: dict[str, str], root: str | Path = ".") -> dict[str, Path]:
+    """{name: run dir} in plotting order: a run's earlier phases (sibling `{run}_{phase}` dirs with dvclive
+    logs, e.g. pretraining's `run_text`, `run_video`; alphabetical) as `{stage}_{phase}`, then the run itself."""
+    out = {}
+    for stage, run in runs.items():
+        path = Path(root) / run
+        if path.parent.is_dir():
+            for sib in sorted(path.parent.glob(f"{path.name}_*")):
+                if (sib / "dvclive").is_dir():
+                    out[f"{stage}_{sib.name[len(path.name) + 1:]}"] = sib
+        out[stage] = path
+    return out
+
+# %% ../nbs/14_figures.ipynb #8cf4f5c8
+RUN_TITLES = {"pretrain_text": "Pretraining 1: text autoencoder", "pretrain_video": "Pretraining 2: sign recognition",
+              "pretrain": "Pretraining 3: translation", "stage1": "Stage 1: SignHiera adaptation",
+              "stage2": "Stage 2: SONAR fine-tuning", "ablation": "Ablation (pretr. features)",
+              "landmarks": "Landmarks baseline"}   # panel titles: <= 32 characters fit a third of 6.8 in at 9 pt
+CURVE_STYLE = {"loss": dict(color=_PALETTE[0], lw=1.2, label="training loss"),
+               "val_loss": dict(color=_PALETTE[0], ls="--", lw=1.0, marker="o", ms=3.5, mfc="white",
+                                label="validation loss"),
+               "score": dict(color=_PALETTE[3], ls=":", lw=1.0, marker="s", ms=3.5, label="score")}
+
+
+def _curve_panel(ax, name: str, s: dict) -> list:
+    handles = []
+    for key in ("loss", "val_loss"):
+        if s[key] is not None:
+            handles += ax.plot(*s[key], **CURVE_STYLE[key])
+    log = log_scale_wanted(s["loss"], s["val_loss"])
+    if log:   # ticks 0.2, 0.5, 1, 2, 5, 10 rather than 10^0, 10^1
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.set_ylabel("loss (log scale)" if log else "loss", color=CURVE_STYLE["loss"]["color"])
+    ax.set_title(RUN_TITLES.get(name, name))
+    ax.set_xlabel("step" + (f" ({s['epochs']:g} epochs)" if s["epochs"] else ""))
+    ax.set_xlim(left=0)
+    if s["score"] is not None:
+        right = ax.twinx()
+        right.grid(False)
+        right.spines["right"].set_visible(True)
+        handles += right.plot(*s["score"], **CURVE_STYLE["score"])
+        right.set_ylabel(s["score_name"], color=CURVE_STYLE["score"]["color"])
+        right.tick_params(axis="y", colors=CURVE_STYLE["score"]["color"])
+        right.set_ylim(0, max(right.get_ylim()[1], 1.0))
+    return handles
 
 
 def plot_learning_curves(runs: dict[str, dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
-    """Two panels (training loss | validation BLEU-4), one line per training stage; `runs` = {stage: read_dvclive(...)}."""
-    cfg = cfg or FiguresConfig()
+    """One panel per training run (`runs` = {name: read_dvclive(...)}, in order): training and validation loss
+    on the left axis (log scale when they span > 1 decade), the validation score on the right one."""
+    if not runs:
+        raise ValueError("plot_learning_curves: no runs; pass {stage: read_dvclive(run_dir)}")
+    cfg, n = cfg or FiguresConfig(), len(runs)
+    ncols = 1 if n == 1 else min(n, 3)
+    nrows = -(-n // ncols)
+    spare = nrows * ncols - n                            # an empty cell holds the legend, else it goes below
     with plt.rc_context(thesis_rc(cfg.font_size)):
-        fig, (a1, a2) = new_figure(cfg, "double", 2.5, ncols=2)
-        for stage, logs in runs.items():
+        fig, axes = new_figure(cfg, "single" if n == 1 else "double", 0.5 + 1.75 * nrows + (0 if spare else 0.4),
+                               nrows=nrows, ncols=ncols, squeeze=False)
+        handles, scores = {}, []
+        for ax, (name, logs) in zip(axes.flat, runs.items()):
             s = learning_curve_series(logs)
-            kw = dict(color=system_color(stage), label=stage)
-            if s["loss"] is not None:
-                a1.plot(*s["loss"], **kw)
-            if s["bleu4"] is not None:
-                a2.plot(*s["bleu4"], marker="o", **kw)
-        a1.set(xlabel="optimizer step (within stage)", ylabel="training loss", title="Training loss")
-        a2.set(xlabel="optimizer step (within stage)", ylabel="BLEU-4", title="Validation BLEU-4")
-        a1.legend(title="stage", frameon=False)
-        fig.suptitle(figure_title("Learning curves per training stage", synthetic))
+            scores += [s["score_name"]] if s["score_name"] and s["score_name"] not in scores else []
+            for h in _curve_panel(ax, name, s):
+                handles.setdefault(h.get_label(), h)
+        if "score" in handles:
+            names = " / ".join(s.replace(" (%)", "") for s in scores)
+            handles[f"validation {names} (right axis)"] = handles.pop("score")
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        if spare:
+            axes.flat[n].legend(handles.values(), handles.keys(), loc="center", frameon=False)
+        else:
+            fig.legend(handles.values(), handles.keys(), loc="outside lower center", frameon=False,
+                       ncols=1 if n == 1 else len(handles))
+        fig.suptitle(figure_title("Learning curves per training run", synthetic))
     return fig
 
 # %% ../nbs/14_figures.ipynb #21bdeadf
@@ -556,9 +642,9 @@ def make_figures(cfg: FiguresConfig, results_dir: str | Path = "results", analys
         plt.close(fig)
 
     logs = {}
-    for stage, run in cfg.runs.items():
-        lg = read_dvclive(Path(root) / run) if (Path(root) / run / "dvclive").is_dir() else {}
-        if any(v is not None for v in learning_curve_series(lg).values()):
+    for stage, run in training_runs(cfg.runs, root).items():     # + pretraining's phases (run_text, run_video)
+        lg = read_dvclive(run) if (run / "dvclive").is_dir() else {}
+        if any(learning_curve_series(lg)[k] is not None for k in ("loss", "val_loss", "score")):
             logs[stage] = lg
     if logs:
         save(plot_learning_curves(logs, synthetic=synthetic, cfg=cfg), "learning_curves")
