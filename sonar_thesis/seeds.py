@@ -149,22 +149,25 @@ SEEDS_METHOD = ("per seed: the run's corpus score (or, for A - B, Koehn (2004) p
 
 def summarise_seeds(runs: dict[str, dict[int, dict]],   # {system: {seed: load_run(...)}}; the main run among them
                     main_seed: int,
-                    metrics: tuple[str, ...] = TABLE_METRICS,
+                    metrics: tuple[str, ...] = TABLE_METRICS,           # the comparisons' and the table's
                     comparisons: tuple[tuple[str, str], ...] = SEED_COMPARISONS,
-                    n_samples: int = 1000, bootstrap_seed: int = 0, alpha: float = 0.05) -> dict:
+                    n_samples: int = 1000, bootstrap_seed: int = 0, alpha: float = 0.05,
+                    system_metrics: tuple[str, ...] | None = None,    # per system (default `metrics`): e.g. the figure's bars
+                    ) -> dict:
     """Per system and metric: scores per seed, mean ± sd, combined interval; per comparison: the same for A − B."""
     flags = {f"{s}/seed{k}": bool(r["evaluation"]["synthetic"]) for s, rs in runs.items() for k, r in rs.items()}
     if len(set(flags.values())) > 1:
         raise ValueError(f"refusing to combine synthetic with How2Sign runs: synthetic flags {flags}")
     synthetic = next(iter(flags.values()), True)
     out = dict(synthetic=synthetic, data=dataset_label(synthetic), main_seed=main_seed,
-               seeds=sorted({k for rs in runs.values() for k in rs}), metrics=list(metrics), alpha=alpha,
+               seeds=sorted({k for rs in runs.values() for k in rs}), metrics=list(metrics),
+               system_metrics=list(system_metrics or metrics), alpha=alpha,
                bootstrap_samples=n_samples, method=SEEDS_METHOD, systems={}, comparisons={})
     for name, rs in runs.items():
         seeds, main = sorted(rs), rs[main_seed]["evaluation"]
         entry = dict(label=system_label(name), seeds=seeds, trained=name not in FIXED_SYSTEMS,
                      n=main["n"], metrics={})
-        for m in metrics:
+        for m in system_metrics or metrics:
             ev = [rs[k]["evaluation"] for k in seeds]
             c = combine_runs([e["scores"][m] for e in ev], [e["ci"][m]["std"] for e in ev], alpha)
             entry["metrics"][m] = dict(per_seed={f"seed{k}": _r(e["scores"][m]) for k, e in zip(seeds, ev)},
@@ -239,8 +242,9 @@ def run_seeds(cfg: Config, progress: bool = True, out_dir: str | Path = "results
     runs = {s: {cfg.seed: load_run(main_dir / s)} for s in FIXED_SYSTEMS + SEED_SYSTEMS}
     for system in SEED_SYSTEMS:
         runs[system].update({k: load_run(seed_paths(system, k)["results"]) for k in cfg.seeds})
-    e = cfg.evaluate
-    summary = summarise_seeds(runs, cfg.seed, n_samples=e.bootstrap_samples, bootstrap_seed=e.seed, alpha=e.alpha)
+    e, scored = cfg.evaluate, [m for m in cfg.evaluate.metrics if m in BOOTSTRAP_METRICS]   # what every run has a CI for
+    summary = summarise_seeds(runs, cfg.seed, n_samples=e.bootstrap_samples, bootstrap_seed=e.seed, alpha=e.alpha,
+                              system_metrics=tuple(scored))
     write_json(Path(out_dir) / "summary.json", summary)
     with atomic_write(Path(out_dir) / "seeds_table.md", encoding="utf-8") as f:
         f.write(seeds_table(summary))

@@ -98,7 +98,7 @@ def _fake_main_results(root: Path, cfg: Config):
 
 def test_run_seeds_wiring_and_identical_reruns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = Config(seed=0, seeds=[3], evaluate=EvaluateConfig(metrics=["bleu4", "chrf", "meteor"], bootstrap_samples=50))
+    cfg = Config(seed=0, seeds=[3], evaluate=EvaluateConfig(metrics=["bleu1", "bleu4", "chrf", "meteor"], bootstrap_samples=50))
     _fake_main_results(tmp_path, cfg)
     calls = []
     def fake_train_seed(c, system, seed, progress=True):        # what train_seed leaves: the seed's predictions
@@ -110,6 +110,8 @@ def test_run_seeds_wiring_and_identical_reruns(tmp_path, monkeypatch):
     assert calls == [("stage2", 3), ("ablation", 3), ("landmarks", 3)]
     assert summ["seeds"] == [0, 3] and summ["systems"]["stage2"]["metrics"]["bleu4"]["n_seeds"] == 2
     assert summ["systems"]["zeroshot"]["seeds"] == [0] and len(summ["comparisons"]) == 6
+    assert list(summ["systems"]["landmarks"]["metrics"]) == ["bleu1", "bleu4", "chrf"]     # the figure's bars (no METEOR CI)
+    assert list(summ["comparisons"]["stage2-ablation"]["metrics"]) == ["bleu4", "chrf"]
     ev = (tmp_path / "results/seeds/landmarks/seed3/evaluation.json").read_text()
     assert '"meteor"' not in ev.split('"scores"')[1].split("}")[0]       # only bootstrappable metrics are scored
     assert (tmp_path / "timings/seeds/stage.json").is_file()
