@@ -370,7 +370,7 @@ class LandmarksConfig(StageConfig):
                               f"models for 0 and 2), got {self.model_complexity}")
 
 # %% ../nbs/00_config.ipynb #dd67f9e0
-RESERVED_NAMES = ("analysis", "comparison", "summary")            # used by files next to the systems'
+RESERVED_NAMES = ("analysis", "comparison", "summary", "seeds", "browser")   # folders/files beside the systems'
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
