@@ -232,6 +232,8 @@ def seeds_table(summary: dict) -> str:
 def run_seeds(cfg: Config, progress: bool = True, out_dir: str | Path = "results/seeds") -> dict:
     """Retrain, translate and score each extra seed; write `out_dir`/summary.json + seeds_table.md; return the summary."""
     t_stage, seconds = time.perf_counter(), {}
+    for root in seed_paths(SEED_SYSTEMS[0], 0).values():   # the stage's outputs exist even with `seeds: []`
+        root.parent.parent.mkdir(parents=True, exist_ok=True)
     for seed in cfg.seeds:
         for system in SEED_SYSTEMS:
             t0 = time.perf_counter()

@@ -120,8 +120,10 @@ def test_run_seeds_wiring_and_identical_reruns(tmp_path, monkeypatch):
     S.run_seeds(cfg, progress=False)
     assert [(tmp_path / "results/seeds" / f).read_bytes() for f in ("summary.json", "seeds_table.md")] == first
 
-    shutil.rmtree(tmp_path / "results/seeds")
+    for d in ("models/seeds", "predictions/seeds", "results/seeds", "timings/seeds"):
+        shutil.rmtree(tmp_path / d, ignore_errors=True)
     one = S.run_seeds(replace(cfg, seeds=[]), progress=False)             # the How2Sign default: no extra seeds
+    assert all((tmp_path / d).is_dir() for d in ("models/seeds", "predictions/seeds"))   # DVC needs its outputs
     assert len(calls) == 6 and one["seeds"] == [0] and one["systems"]["stage2"]["metrics"]["bleu4"]["sd"] is None
     assert "(1 run)" in (tmp_path / "results/seeds/seeds_table.md").read_text()
 
