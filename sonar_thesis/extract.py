@@ -384,6 +384,20 @@ def _remove_stale_temps(out_dir: Path, ids: set[str]) -> int:
     return n
 
 
+_LEFTOVER_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")   # temp names of io.atomic_write / atomic_path
+
+def _remove_leftover_temps(out_dir: Path) -> int:
+    """Temp files of writes a killed run never finished (lengths, reports, shards): only where one process
+    writes (a DVC stage's folder) — under torchrun another rank's temp may be in flight."""
+    n = 0
+    for folder in (out_dir, out_dir / "shards"):
+        if folder.is_dir():
+            for e in os.scandir(folder):
+                if _LEFTOVER_RE.match(e.name) and e.is_file():
+                    os.unlink(e.path); n += 1
+    return n
+
+
 def _remove_unlisted(out_dir: Path, ids: set[str]) -> int:
     """Delete the feature and info files of clips that are not in the manifest (any more)."""
     n = 0
@@ -766,6 +780,7 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     _remove_stale_temps(out_dir, {r["id"] for r in mine})
     if mirror:
         _remove_unlisted(out_dir, {r["id"] for r in valid})   # clips no longer in the manifest
+        _remove_leftover_temps(out_dir)                        # half-written lengths/reports of a killed run
 
     def input_of(r: dict) -> str | None:      # a finished file is reused only while its input is unchanged
         try:

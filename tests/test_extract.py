@@ -268,10 +268,13 @@ def test_mirror_folder_redoes_changed_inputs_drops_removed_clips_restarts_on_new
     assert first["extracted"] == 4
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     shutil.copy(root / "test" / "clip4.mp4", work / "test" / "clip1.mp4")   # clip1 now shows other frames
+    (out / ".lengths.tsv.abcd1234.tmp").write_text("half")                  # a killed run's unfinished writes
+    (out / "shards" / ".failures-00000-of-00001.ab_d1234.tmp.json").write_text("{")
     m = write_tsv(work / "m.tsv", [r for r in rows if r["id"] != "clip3"], HEADER)   # clip3 left the manifest
     rep = extract_manifest(m, model, out, TINY, num_workers=0, progress=False, mirror=True)
     assert (rep["skipped_existing"], rep["extracted"]) == (2, 1)
     assert not (out / "clip3.pt").exists() and not (out / "clip3.info.json").exists()
+    assert not [p.name for p in out.rglob(".*.tmp*")]                            # gone: the folder hashes as before
     assert torch.allclose(load_features(out / "clip1.pt"), reference["clip4"], atol=ATOL)
     assert all((out / n).read_bytes() == before[n] for n in ("clip0.pt", "clip2.pt", "clip0.info.json"))
     rep = extract_manifest(m, model, out, TINY, num_workers=0, progress=False, mirror=True, overlap_policy="trim")
