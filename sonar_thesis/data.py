@@ -151,11 +151,14 @@ def open_video(path: str | Path, num_threads: int = 1):
         n, fps = len(vr), float(vr.get_avg_fps())
     except Exception as e:
         raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
+    _check_count_and_rate(path, n, fps)
+    return vr, n, fps
+
+def _check_count_and_rate(path: Path, n: int, fps: float) -> None:
     if n <= 0:
         raise VideoError(f"{path}: video has 0 frames")
     if not (fps > 0 and math.isfinite(fps)):
         raise VideoError(f"{path}: no usable frame rate ({fps!r})")
-    return vr, n, fps
 
 def _get_batch(vr, indices, path) -> np.ndarray:
     """Decode source frames `indices` (sorted, unique) with decord → uint8 [K, H, W, 3]; errors name the file."""
@@ -188,10 +191,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
                 raise ValueError("no frame decodes")
     except Exception as e:
         raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
-    if n <= 0:
-        raise VideoError(f"{path}: video has 0 frames")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"{path}: no usable frame rate ({fps!r})")
+    _check_count_and_rate(path, n, fps)
     return VideoInfo(path, fps, int(n), n / fps, (first.height, first.width), "pyav")
 
 def probe_video(path: str | Path) -> VideoInfo:
