@@ -17,7 +17,7 @@ from .config import Config, ConfigError, load_config
 
 # %% auto #0
 __all__ = ['app', 'EXPECTED_ERRORS', 'PARAMS_OPT', 'cli_errors', 'config_from', 'synth', 'prepare', 'download', 'translate',
-           'extract', 'finetune', 'evaluate', 'generate_translations', 'results_page', 'params', 'main']
+           'extract', 'finetune', 'evaluate', 'generate_translations', 'results_page', 'sweep', 'params', 'main']
 
 # %% ../nbs/16_cli.ipynb #1bf7044b
 app = typer.Typer(
@@ -360,6 +360,30 @@ def results_page(
     s = build_results_page(config_from(params), output, with_clips=not no_clips, progress=True)
     typer.echo(f"{s['page']}: {s['rows']} sentences, {len(s['systems'])} systems, {s['clips']} clips"
                + (" (synthetic data)" if s["synthetic"] else "") + "".join(f"\nnote: {n}" for n in s["notes"]))
+
+# %% ../nbs/16_cli.ipynb #bbc0ab93
+@app.command()
+@cli_errors
+def sweep(
+    param: str = typer.Argument(..., help="The params.yaml key to vary, e.g. stage1.freeze_fraction."),
+    values: list[str] = typer.Argument(..., help="Its values, e.g. 0.6 0.8 1.0 (YAML 1.2: 3e-4 is a number)."),
+    systems: list[str] = typer.Option(["stage2", "ablation"], "--system", help="Systems to tabulate (repeatable)."),
+    until: str = typer.Option("evaluate", "--until", help="Last stage each experiment reruns."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Experiments run at once (1 on one GPU or a small CPU)."),
+    output: Path = typer.Option(Path("sweeps"), "--output", help="Folder for {param}.json/.md/.tex and the figure."),
+    collect_only: bool = typer.Option(False, "--collect-only", help="Run nothing: read back experiments that already ran."),
+):
+    """Ablation sweep: one `dvc exp run --queue` per value, then a figure and LaTeX table of BLEU-4/chrF with CIs."""
+    from sonar_thesis.sweeps import run_sweep
+    r = run_sweep(param, values, Path("."), systems=tuple(systems), until=until, jobs=jobs, out_dir=output,
+                  collect_only=collect_only)
+    for p in r["points"]:
+        typer.echo(f"{param}={p['value']}: " + ", ".join(f"{s} BLEU-4 {p['scores'][s]['bleu4']:.1f}" for s in systems))
+    for f in r["failed"]:
+        typer.echo(f"{param}={f['value']}: failed — `dvc queue logs {f['name']}`")
+    stem = param.replace(".", "_")
+    typer.echo(f"{output / (stem + '.md')}, {output / (stem + '.tex')}, {output / ('sweep_' + stem + '.png')}"
+               + (" (synthetic data)" if r["synthetic"] else ""))
 
 # %% ../nbs/16_cli.ipynb #a3948e30
 @app.command()

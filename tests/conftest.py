@@ -29,5 +29,7 @@ def copy_worktree(dst: Path):
     (dst / ".venv").symlink_to(ROOT / ".venv")
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    for key, value in (("user.name", "ci"), ("user.email", "ci@localhost")):   # dvc exp commits need an identity
+        subprocess.run(["git", "config", key, value], cwd=dst, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)  # dvclive needs a repo with a commit, as a clone has
     subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dst, check=True)

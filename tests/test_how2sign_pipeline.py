@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import VENV_BIN, copy_worktree
 from how2sign_layout import PUBLISHED_NAMES, fixture_texts, make_how2sign_fixture, write_published_checkpoints
 from sonar_thesis.config import load_config
 from sonar_thesis.io import read_json, read_tsv
+from sonar_thesis.sweeps import experiment_refs, plan_sweep
 
 SYSTEMS = ("zeroshot", "stage2", "ablation", "landmarks")
 
@@ -130,3 +132,30 @@ def test_every_params_key_a_stage_reads_on_real_data_is_listed(real):
     r = subprocess.run([sys.executable, "scripts/stage_deps.py", "--check", "--params-from", ".params_log"],
                        cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_learning_rate_sweep_runs_as_queued_dvc_experiments(real):
+    """`sonar-thesis sweep` on the real path: a queued `dvc exp` per value reruns stage 2, the ablation and
+    evaluate in a temporary copy (the published checkpoints copied in, everything else from DVC's cache),
+    and the workspace's params, outputs and metrics stay as they were."""
+    work, env, cfg, _, _ = real
+    before = {p: (work / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics/stage2.json")}
+    r = _run([str(VENV_BIN / "sonar-thesis"), "sweep", "stage2.learning_rate", "3e-4"], work, env, timeout=1800)
+    assert "(synthetic data)" not in r.stdout, r.stdout
+    result = read_json(work / "sweeps" / "stage2_learning_rate.json")
+    assert result["chain"] == ["stage2", "ablation", "evaluate"] and result["synthetic"] is False
+    assert [p["value"] for p in result["points"]] == [3e-4] and result["failed"] == [] and result["seconds"] > 0
+    assert set(result["points"][0]["scores"]) == {"stage2", "ablation"}
+    for ext in ("md", "tex"):
+        assert "How2Sign test set" in (work / "sweeps" / f"stage2_learning_rate.{ext}").read_text()
+    assert (work / "sweeps" / "sweep_stage2_learning_rate.png").stat().st_size > 1000
+    # the experiment trained with the swept value: its dvc.lock has it and a different stage-2 model
+    ref = experiment_refs(work)["sweep-stage2.learning_rate-0.0003"]
+    lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=work, capture_output=True, text=True, check=True).stdout
+    exp, main = yaml.safe_load(lock)["stages"]["stage2"], yaml.safe_load(before["dvc.lock"])["stages"]["stage2"]
+    assert exp["params"]["params.yaml"]["stage2.learning_rate"] == 3e-4 != main["params"]["params.yaml"]["stage2.learning_rate"]
+    model = lambda st: next(o["md5"] for o in st["outs"] if o["path"] == "models/stage2")
+    assert model(exp) != model(main)
+    assert {p: (work / p).read_bytes() for p in before} == before                 # the workspace is untouched
+    assert json.loads(_run(["dvc", "status", "--json"], work, env).stdout) == {}
+    assert str(cfg.model.encoder) in plan_sweep("stage2.learning_rate", ["3e-4"], work).copy_paths   # published files
