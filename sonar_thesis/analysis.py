@@ -48,7 +48,7 @@ def load_evaluated(results_dir: str | Path = "results", systems: list[str] | Non
         raise ValueError(f"{results_dir}: synthetic and How2Sign results mixed: {flags}; analyse one dataset at a time")
     return out
 
-
+# %% ../nbs/13_analysis.ipynb #9dbedb26
 def is_synthetic_run(evaluated: dict[str, dict]) -> bool:
     """The one synthetic flag of a set of evaluated systems (True when there are none: label conservatively)."""
     flags = {v["evaluation"]["synthetic"] for v in evaluated.values()}
@@ -63,7 +63,7 @@ def normalise_text(text: str) -> str:
     """Lower-case, punctuation dropped, whitespace collapsed (for the `exact` category)."""
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
-
+# %% ../nbs/13_analysis.ipynb #412d5423
 def categorise(hypothesis: str, reference: str, chrf: float, cfg: AnalysisConfig) -> str:
     """exact / close / partial / wrong (thresholds on sentence chrF; see the table above)."""
     h = normalise_text(hypothesis)
@@ -73,7 +73,7 @@ def categorise(hypothesis: str, reference: str, chrf: float, cfg: AnalysisConfig
         return "wrong"
     return "close" if chrf >= cfg.close_chrf else "partial" if chrf >= cfg.partial_chrf else "wrong"
 
-
+# %% ../nbs/13_analysis.ipynb #1d1125a5
 def category_counts(evaluated: dict[str, dict], cfg: AnalysisConfig) -> dict[str, dict]:
     """{system: {exact, close, partial, wrong, total, share: {...}}} over every scored sentence."""
     out = {}
@@ -108,11 +108,11 @@ def sample_translations(evaluated: dict[str, dict], n: int, seed: int = 0, cfg: 
         out.append(item)
     return out
 
-
+# %% ../nbs/13_analysis.ipynb #2a41cb68
 def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|") or "*(empty)*"
 
-
+# %% ../nbs/13_analysis.ipynb #ae877786
 def samples_markdown(samples: list[dict], synthetic: bool) -> str:
     """Markdown table: reference and each system's translation (category in brackets)."""
     title = (f"### Sample test translations — {dataset_label(synthetic)}"
@@ -135,11 +135,11 @@ def length_bin(n_words: int, edges: list[int]) -> str:
             return f"{a}-{b - 1}" if b - 1 > a else str(a)
     return f"{edges[-1]}+" if n_words >= edges[-1] else f"<{edges[0]}"
 
-
+# %% ../nbs/13_analysis.ipynb #6d0ed529
 def _bin_order(edges: list[int]) -> list[str]:
     return [f"<{edges[0]}"] + [length_bin(a, edges) for a in edges]
 
-
+# %% ../nbs/13_analysis.ipynb #08c1c4a0
 def group_scores(rows: list[dict], key, n_samples: int = 1000, seed: int = 0) -> list[dict]:
     """Corpus BLEU-4 (95 % CI), chrF and n for each group of `rows` (key: row -> group name)."""
     groups = defaultdict(list)
@@ -154,7 +154,7 @@ def group_scores(rows: list[dict], key, n_samples: int = 1000, seed: int = 0) ->
                     "bleu4_ci_low": round(ci.low, 4) if ci else "", "bleu4_ci_high": round(ci.high, 4) if ci else ""})
     return out
 
-
+# %% ../nbs/13_analysis.ipynb #81578dc6
 def bleu_by_length(evaluated: dict[str, dict], cfg: AnalysisConfig) -> list[dict]:
     """Rows system, bin, n, bleu4, bleu4_ci_low/high, chrf (bins in length order)."""
     order = _bin_order(cfg.length_bins)
@@ -164,7 +164,7 @@ def bleu_by_length(evaluated: dict[str, dict], cfg: AnalysisConfig) -> list[dict
         out += [{"system": s, "bin": x.pop("group"), **x} for x in sorted(g, key=lambda x: order.index(x["group"]))]
     return out
 
-
+# %% ../nbs/13_analysis.ipynb #975dcb23
 def bleu_by_signer(evaluated: dict[str, dict], cfg: AnalysisConfig) -> list[dict]:
     """Rows system, signer, n, bleu4, bleu4_ci_low/high, chrf."""
     out = []
@@ -182,7 +182,7 @@ def words_of(text: str) -> list[str]:
     """Lower-cased word tokens (letters/digits, inner apostrophes kept)."""
     return _WORD.findall(text.lower())
 
-
+# %% ../nbs/13_analysis.ipynb #16ff9599
 def read_shared_vocabulary(path: str | Path) -> set[str]:
     """Shared words from a synthetic `summary.json` (vocabulary.shared), a manifest TSV (`translation`) or a word list."""
     path = Path(path)
@@ -200,14 +200,14 @@ def read_shared_vocabulary(path: str | Path) -> set[str]:
         return {w for r in rows for w in words_of(r["translation"])}
     return set(words_of(path.read_text(encoding="utf-8")))
 
-
+# %% ../nbs/13_analysis.ipynb #ac009030
 def default_shared_vocab_path(cfg: Config) -> Path:
     """Where the shared vocabulary comes from when analysis.shared_vocab is empty (by the `dataset` switch)."""
     if cfg.is_synthetic:
         return Path(cfg.synth.output_dir) / "summary.json"
     return Path(cfg.data.prepared_dir) / "source" / "train.tsv"
 
-
+# %% ../nbs/13_analysis.ipynb #0b65b715
 def vocabulary_analysis(evaluated: dict[str, dict], shared: set[str]) -> list[dict]:
     """Per system and vocabulary type: word recall/precision and sentence-group BLEU-4 / chrF."""
     shared = {w.lower() for w in shared}
@@ -284,7 +284,7 @@ def analyse(results_dir: str | Path = "results", cfg: AnalysisConfig | None = No
     write_json(out_dir / "analysis.json", result)
     return result
 
-
+# %% ../nbs/13_analysis.ipynb #5577c338
 def category_table(categories: dict[str, dict], synthetic: bool) -> str:
     """Markdown table of category counts (and shares) per system."""
     lines = [f"Translation categories — {dataset_label(synthetic)}", "",

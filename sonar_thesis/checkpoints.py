@@ -43,7 +43,7 @@ class CheckpointError(RuntimeError):
         super().__init__(message)
         self.report = report
 
-
+# %% ../nbs/06_checkpoints.ipynb #338fadff
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # stripped when *every* key of the file carries one
 
 SAFE_GLOBALS: tuple = (argparse.Namespace,)
@@ -175,7 +175,7 @@ def get_layout(layout: str | Layout) -> Layout:
         raise ValueError(f"unknown checkpoint layout {layout!r}; known: {sorted(LAYOUTS)}")
     return LAYOUTS[layout]
 
-
+# %% ../nbs/06_checkpoints.ipynb #77be5d7e
 def layout_for(model: nn.Module) -> Layout:
     """The layout picked by the model's class: first class name in its MRO that a layout lists."""
     for cls in type(model).__mro__:
@@ -196,7 +196,7 @@ def _unpickler_detail(e: BaseException) -> str:
     detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()
     return f"weights-only unpickler: {detail[0] if detail else msg[:200]}"
 
-
+# %% ../nbs/06_checkpoints.ipynb #2eb7994b
 def read_checkpoint(path: str | os.PathLike, safe_globals: Iterable = ()) -> Any:
     """`torch.load(path, map_location="cpu", weights_only=True)`; a refusal or a broken file names the file and the fix."""
     path = Path(path)
@@ -229,7 +229,7 @@ def read_checkpoint(path: str | os.PathLike, safe_globals: Iterable = ()) -> Any
 def _shape(t) -> tuple[int, ...]:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else ()
 
-
+# %% ../nbs/06_checkpoints.ipynb #af67f290
 @dataclass
 class LoadReport:
     """Key-by-key diff of a checkpoint against a model (published key names)."""
@@ -319,7 +319,7 @@ def guess_layout(keys: Iterable[str]) -> str | None:
             return _SIGNATURE_KEYS[k]
     return None
 
-
+# %% ../nbs/06_checkpoints.ipynb #7e6b657a
 def _kind_hint(lay: Layout, keys: Iterable[str]) -> str | None:
     guess = guess_layout(keys)
     if guess and guess != lay.name and guess in LAYOUTS:
@@ -328,7 +328,7 @@ def _kind_hint(lay: Layout, keys: Iterable[str]) -> str | None:
                 f"not {lay.file} — wrong file for this model?")
     return None
 
-
+# %% ../nbs/06_checkpoints.ipynb #3c231d18
 def _strip_wrappers(sd: dict) -> tuple[dict, dict[str, str]]:
     """Strip wrapper prefixes carried by every key; return the dict and {new key: original key}."""
     orig = {k: k for k in sd}
@@ -340,7 +340,7 @@ def _strip_wrappers(sd: dict) -> tuple[dict, dict[str, str]]:
         orig = {k[len(prefix):]: o for k, o in orig.items()}
     return sd, orig
 
-
+# %% ../nbs/06_checkpoints.ipynb #77fa49d1
 def diff_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], layout: str | Layout | None = None,
                     ) -> tuple[LoadReport, dict[str, torch.Tensor]]:
     """Compare a file's state dict with `model`; return the report and {our key: tensor} to load."""
@@ -461,7 +461,7 @@ def _state_dict_of(ckpt: Any, lay: Layout, source: str) -> tuple[dict, str]:
         f"{source}: no state dict under any of {list(lay.state_keys)} (layout {lay.name}, {lay.file}); "
         f"top-level keys are {top[:20]}.{hint}")
 
-
+# %% ../nbs/06_checkpoints.ipynb #9be66618
 def _tie_owners(model: nn.Module) -> list[list[tuple[nn.Module, str, bool]]]:
     """Groups of (module, attribute, is_param) that share one tensor object."""
     groups: dict[int, list] = {}
@@ -479,7 +479,7 @@ def _tie_owners(model: nn.Module) -> list[list[tuple[nn.Module, str, bool]]]:
             out.append(uniq)
     return out
 
-
+# %% ../nbs/06_checkpoints.ipynb #2a61121a
 def _load_into(model: nn.Module, to_load: dict[str, torch.Tensor], assign: bool) -> list[str]:
     """load_state_dict(strict=False) + re-tie after `assign`; return names still on meta (if real data came in)."""
     ties = _tie_owners(model) if assign else []
@@ -499,7 +499,7 @@ def _load_into(model: nn.Module, to_load: dict[str, torch.Tensor], assign: bool)
                  if b is not None and b.is_meta and n not in mod._non_persistent_buffers_set]
     return left
 
-
+# %% ../nbs/06_checkpoints.ipynb #f4aace50
 def load_published(model: nn.Module,  # SignHiera, SignT5SonarEncoder or SonarTextDecoder (or pass layout=)
                    checkpoint: str | os.PathLike | Mapping,  # path, or a dict shaped like the real file
                    strict: bool = True,  # False: load what matches, print the full diff
@@ -552,7 +552,7 @@ def _check_plain(obj: Any, where: str) -> None:
         raise TypeError(f"{where} is a {type(obj).__name__}: save only plain data (str, numbers, lists, dicts, "
                         f"tensors) so that torch.load(weights_only=True) can read it back")
 
-
+# %% ../nbs/06_checkpoints.ipynb #06023188
 def published_state_dict(model: nn.Module, layout: str | Layout | None = None) -> dict[str, torch.Tensor]:
     """`model`'s state dict under the published names: key map applied, tied aliases completed, on CPU."""
     lay = get_layout(layout) if layout is not None else layout_for(model)
@@ -576,7 +576,7 @@ def published_state_dict(model: nn.Module, layout: str | Layout | None = None) -
                 sd.setdefault(k, sd[src])
     return sd
 
-
+# %% ../nbs/06_checkpoints.ipynb #acc1bf7d
 def save_published(model: nn.Module,  # a model with a published layout (or pass layout=)
                    path: str | os.PathLike,  # where to write (atomically)
                    extra: Mapping[str, Any] | None = None,  # more top-level entries (plain data)
@@ -637,7 +637,7 @@ class PublishedFile:
     sha256: str | None = None  # pinned hash (None: recorded in the lock file on first download)
     size: int | None = None  # pinned size in bytes (optional)
 
-
+# %% ../nbs/06_checkpoints.ipynb #abc91188
 ASL_BASE_URL = "https://dl.fbaipublicfiles.com/SONAR/asl/"  # ssvp_slt examples/sonar/demo.sh
 SONAR_BASE_URL = "https://dl.fbaipublicfiles.com/SONAR/"  # SONAR card text_sonar_basic_decoder
 
@@ -660,7 +660,7 @@ LOCK_NAME = "checksums.json"
 class DownloadError(RuntimeError):
     """A download that could not finish; the message says what to do."""
 
-
+# %% ../nbs/06_checkpoints.ipynb #325190d6
 class ChecksumError(DownloadError):
     """A file whose size or sha256 does not match the recorded one."""
 
@@ -672,7 +672,7 @@ SUMS_NAME = "SHA256SUMS"  # `sha256sum * > SHA256SUMS` in a mirror folder
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-
+# %% ../nbs/06_checkpoints.ipynb #1d0e485c
 def _cmd(name: str, out_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> str:
     """The shell command that (re)runs this download: `sonar-thesis download --model … [--output …] [--from …]`."""
     args = ["sonar-thesis", "download", "--model", name]
@@ -682,7 +682,7 @@ def _cmd(name: str, out_dir: str | os.PathLike, source: str | os.PathLike | None
         args += ["--from", str(source)]
     return " ".join(shlex.quote(a) for a in args)
 
-
+# %% ../nbs/06_checkpoints.ipynb #105a3a6e
 def _file_url_path(url: str) -> Path | None:
     """The local path of a `file://` URL (None for other schemes)."""
     u = urllib.parse.urlparse(url)
@@ -692,7 +692,7 @@ def _file_url_path(url: str) -> Path | None:
         raise DownloadError(f"{url}: only local file:// URLs are supported (file:///path/to/file)")
     return Path(urllib.request.url2pathname(u.path))
 
-
+# %% ../nbs/06_checkpoints.ipynb #caab88c4
 def _manual_help(name: str, files: Iterable[PublishedFile], out_dir: Path, lock: Path) -> str:
     """The two ways out when `files` (those of `name` still missing) cannot be fetched here."""
     gets = []
@@ -708,7 +708,7 @@ def _manual_help(name: str, files: Iterable[PublishedFile], out_dir: Path, lock:
             f"with internet, or a cluster's shared copy) and run\n"
             f"    {_cmd(name, out_dir, 'DIR')}")
 
-
+# %% ../nbs/06_checkpoints.ipynb #3c93526c
 def _copy(src: Path, part: Path, offset: int, chunk_size: int, progress: bool) -> int:
     """Copy `src` into `part` from byte `offset` (appending), in chunks with a progress bar; return `src`'s size."""
     total = src.stat().st_size
@@ -723,7 +723,7 @@ def _copy(src: Path, part: Path, offset: int, chunk_size: int, progress: bool) -
             bar.update(len(chunk))
     return total
 
-
+# %% ../nbs/06_checkpoints.ipynb #866f8bf6
 def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool,
            rerun: str = "sonar-thesis download") -> int | None:
     """Download `url` into `part`, resuming from its current size; return the expected total size or None."""
@@ -776,7 +776,7 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
                             f"rerun `{rerun}` to resume")
     return total
 
-
+# %% ../nbs/06_checkpoints.ipynb #74ca63a1
 def _mirror_sums(mirror: Path) -> dict[str, list[tuple]]:
     """{filename: [(size, sha256, where)]} from a mirror's `checksums.json` and/or `SHA256SUMS`."""
     out: dict[str, list[tuple]] = {}
@@ -802,7 +802,7 @@ def _mirror_sums(mirror: Path) -> dict[str, list[tuple]]:
             out.setdefault(fn, []).append((None, m.group(1).lower(), str(sums)))
     return out
 
-
+# %% ../nbs/06_checkpoints.ipynb #7958457e
 def _check(path: Path, expected: Iterable[tuple],  # (size or None, sha256 or None, where it comes from)
            verify: bool = True, label: Path | None = None) -> str | None:
     """Size (always) and sha256 (if `verify`) of `path` against every expectation; return the sha256 if computed."""
@@ -821,7 +821,7 @@ def _check(path: Path, expected: Iterable[tuple],  # (size or None, sha256 or No
         raise ChecksumError(f"{label}: sha256 {got} does not match " + ", nor ".join(bad) + ".")
     return got
 
-
+# %% ../nbs/06_checkpoints.ipynb #80062986
 def download(model: str = "all",  # a PUBLISHED name, or "all"
              output_dir: str | os.PathLike = DEFAULT_OUTPUT,  # where the files go (+ checksums.json)
              *,

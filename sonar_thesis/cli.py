@@ -43,6 +43,7 @@ def cli_errors(fn):
             raise typer.Exit(1)
     return wrapper
 
+# %% ../nbs/16_cli.ipynb #7d1e3ebc
 def config_from(params: Optional[Path]) -> Config:
     """params.yaml if given or present in the working directory, else the built-in defaults."""
     if params is not None:
@@ -67,6 +68,7 @@ def synth(
     typer.echo(f"synthetic corpus written to {output_dir}: " +
                ", ".join(f"{k}={v}" for k, v in _flat_counts(summary).items()))
 
+# %% ../nbs/16_cli.ipynb #c4ec083d
 def _flat_counts(summary: dict) -> dict:
     counts = summary.get("counts", {})
     return {f"{d}/{s}": n for d, per in counts.items() for s, n in (per.items() if isinstance(per, dict) else [])}
@@ -136,12 +138,14 @@ def _system_files(cfg: Config, checkpoint: Optional[Path]) -> dict:
             return files
     raise ValueError(f"{checkpoint}: cannot tell which model this checkpoint is for (layout {layout!r})")
 
+# %% ../nbs/16_cli.ipynb #979d0f0e
 def _keys_of(ckpt) -> list[str]:
     for top in ("model", "student", "model_state"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(top), dict):
             return list(ckpt[top])
     return list(ckpt) if isinstance(ckpt, dict) else []
 
+# %% ../nbs/16_cli.ipynb #d4f64f0f
 def _check_video(path: Path) -> None:
     """Fail with one clear line on a missing or undecodable file, before native decoders print their own noise
     (the project's one reading rule, `probe_video`: decord, else PyAV)."""
@@ -150,6 +154,7 @@ def _check_video(path: Path) -> None:
         raise FileNotFoundError(f"{path}: no such video file")
     probe_video(path)
 
+# %% ../nbs/16_cli.ipynb #78121308
 def _translate_items(videos: list[Path], manifest: Optional[Path]) -> list[tuple[str, Path]]:
     """(id, file) per video: a file's stem (its path when stems repeat), then the manifest's rows (id, video_path)."""
     from sonar_thesis.io import read_tsv
@@ -163,10 +168,12 @@ def _translate_items(videos: list[Path], manifest: Optional[Path]) -> list[tuple
         raise ValueError("no video to translate: give VIDEO … and/or --manifest TSV (columns id, video_path)")
     return items
 
+# %% ../nbs/16_cli.ipynb #c0128c3f
 def _one_line(video: Path, e: Exception) -> str:
     msg = str(e).splitlines()[0] if str(e) else ""
     return msg if msg.startswith(str(video)) else f"{video}: cannot translate ({type(e).__name__}: {msg})"
 
+# %% ../nbs/16_cli.ipynb #b734a1d8
 @app.command()
 @cli_errors
 def translate(
@@ -305,6 +312,7 @@ def evaluate(
                    f"(timings: {pred_dir / 'timings.tsv'})")
     typer.echo(f"metrics: {output_dir / cfg.evaluate.metrics_dir / (system + '.json')}")
 
+# %% ../nbs/16_cli.ipynb #292be571
 @app.command("generate-translations")
 @cli_errors
 def generate_translations(

@@ -29,9 +29,11 @@ __all__ = ['RANGES', 'RENAMED', 'PRESETS', 'OptimizerName', 'RESERVED_NAMES', 'C
 class ConfigError(ValueError):
     """A params.yaml problem; the message names the key."""
 
+# %% ../nbs/00_config.ipynb #a0afb205
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
+# %% ../nbs/00_config.ipynb #3e3e23bc
 def _check(value, tp, key: str):
     """Return `value` converted to `tp`, or raise ConfigError naming `key`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -87,6 +89,7 @@ def _check(value, tp, key: str):
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
+# %% ../nbs/00_config.ipynb #76a12635
 # Allowed ranges of numeric keys, by the key's last name (first match wins; the rest: >= 0). One table, so a
 # negative batch size, a zero learning rate or a fraction above 1 stops at load time, naming the key.
 RANGES: tuple[tuple[str, float, float, bool], ...] = (   # (name regex, low, high, low exclusive)
@@ -112,6 +115,7 @@ def _check_range(value: float, key: str) -> None:
                 raise ConfigError(f"{key}: must be {rng}, got {value!r}")
             return
 
+# %% ../nbs/00_config.ipynb #5c608a9d
 RENAMED = {"data.how2sign_dir": "data.root"}   # old key -> new key (a clear error instead of "unknown key")
 
 def from_dict(cls, data: dict | None, where: str = ""):
@@ -129,6 +133,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     kwargs = {k: _check(v, hints[k], ".".join(filter(None, [where, k]))) for k, v in data.items()}
     return cls(**kwargs)
 
+# %% ../nbs/00_config.ipynb #d6702d9a
 def to_dict(obj) -> dict:
     """Dataclass → plain dict (lists stay lists), ready for YAML."""
     return dataclasses.asdict(obj)
@@ -167,6 +172,7 @@ class SynthDomainConfig:
     position_jitter: float = 0.0       # signer position jitter, fraction of frame width
     scale_jitter: float = 0.0          # signer scale jitter, fraction
 
+# %% ../nbs/00_config.ipynb #14598a8b
 @dataclass
 class SynthConfig:
     """The synthetic How2Sign-shaped corpus."""
@@ -250,6 +256,7 @@ def _check_optimizer(key: str, name: str) -> None:
     if name not in typing.get_args(OptimizerName):
         raise ConfigError(f"{key}: expected one of {list(typing.get_args(OptimizerName))}, got {name!r}")
 
+# %% ../nbs/00_config.ipynb #8271a65d
 @dataclass
 class TrainingConfig:
     """The shared training loop (08_trainer)."""
@@ -273,6 +280,7 @@ class TrainingConfig:
     def __post_init__(self):
         _check_optimizer("training.optimizer", self.optimizer)
 
+# %% ../nbs/00_config.ipynb #34f8d80d
 @dataclass
 class HardwareConfig:
     """Where and how precisely to compute."""
@@ -281,6 +289,7 @@ class HardwareConfig:
     num_workers: int = 2                   # DataLoader workers
     torch_threads: int = 0                 # 0 = torch's default
 
+# %% ../nbs/00_config.ipynb #64c92e18
 @dataclass
 class LoggingConfig:
     """dvclive always; wandb when installed and enabled."""
@@ -289,6 +298,7 @@ class LoggingConfig:
     wandb_entity: str = ""
     log_every_n_steps: int = 10
 
+# %% ../nbs/00_config.ipynb #abbb8699
 @dataclass
 class StageConfig:
     """Optimisation settings shared by every training stage."""
@@ -297,6 +307,7 @@ class StageConfig:
     batch_size: int = 32
     gradient_accumulation_steps: int = 1
 
+# %% ../nbs/00_config.ipynb #ba1b7bcb
 @dataclass
 class PretrainConfig(StageConfig):
     """Stand-in pretraining of the synthetic default, in three phases (see `09_translate`).
@@ -318,6 +329,7 @@ class PretrainConfig(StageConfig):
     embedding_loss_weight: float = 1.0    # translation phase: CE + weight * squared distance to the text embedding
     output_dir: str = "models/pretrained"
 
+# %% ../nbs/00_config.ipynb #8c8ee972
 @dataclass
 class Stage1Config(StageConfig):
     """Stage 1: adapt the last (1 - freeze_fraction) of SignHiera through the frozen SONAR models."""
@@ -330,6 +342,7 @@ class Stage1Config(StageConfig):
     train_decoder: bool = False
     output_dir: str = "models/stage1"
 
+# %% ../nbs/00_config.ipynb #8bc64445
 @dataclass
 class Stage2Config(StageConfig):
     """Stage 2: SignHiera frozen; train the SONAR ASL encoder (+ text decoder) on features."""
@@ -349,6 +362,7 @@ class Stage2Config(StageConfig):
         if self.learning_rate <= 0:
             raise ConfigError(f"stage2.learning_rate: must be > 0, got {self.learning_rate}")
 
+# %% ../nbs/00_config.ipynb #3d992db4
 @dataclass
 class LandmarksConfig(StageConfig):
     """The landmarks baseline (YouTube-ASL's approach): mediapipe keypoints → transformer encoder–decoder → text."""
@@ -415,7 +429,7 @@ class EvaluateConfig:
         ms = tuple(m for m in self.metrics if m != "bleurt")
         return ms + ("bleurt",) if self.bleurt_checkpoint else ms
 
-
+# %% ../nbs/00_config.ipynb #cf9a8d72
 @dataclass
 class AnalysisConfig:
     """Sample size, category thresholds, length bins and where the shared vocabulary comes from."""
@@ -438,6 +452,7 @@ class AnalysisConfig:
         if self.n_samples < 1 or self.bootstrap_samples < 1:
             raise ConfigError("analysis.n_samples and analysis.bootstrap_samples must be >= 1")
 
+# %% ../nbs/00_config.ipynb #fde3385c
 @dataclass
 class FiguresConfig:
     """Where figures go and how they look."""
@@ -522,6 +537,7 @@ def _reading_getattribute(self, name: str):
             _READ.add(f"{where}.{name}" if where else name)
     return value
 
+# %% ../nbs/00_config.ipynb #508259a1
 def _locate(cfg, where: str = ""):
     """Tell every section of a loaded config where it sits in params.yaml (for `record_params`)."""
     object.__setattr__(cfg, "_params_path", where)
@@ -531,6 +547,7 @@ def _locate(cfg, where: str = ""):
             _locate(v, f"{where}.{f.name}" if where else f.name)
     return cfg
 
+# %% ../nbs/00_config.ipynb #c08e48f7
 def record_params() -> set[str]:
     """Start noting which params keys (`section.key`) this process reads; returns the set being filled."""
     global _READ
@@ -549,6 +566,7 @@ def deep_merge(base: dict, over: dict) -> dict:
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+# %% ../nbs/00_config.ipynb #a8baf37c
 def yaml12(typ: str = "safe") -> YAML:
     """The one YAML dialect of the project: YAML 1.2, as DVC reads params.yaml and writes `dvc exp run -S`.
 
@@ -556,6 +574,7 @@ def yaml12(typ: str = "safe") -> YAML:
     and numbers they look like, in params.yaml, overlays and DVC alike."""
     return YAML(typ=typ, pure=True)   # ruamel's default dialect is 1.2 (no `%YAML` directive written)
 
+# %% ../nbs/00_config.ipynb #483977ff
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
@@ -569,6 +588,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
 
+# %% ../nbs/00_config.ipynb #7bbc45ff
 def load_config(path: str | Path = "params.yaml", *overlays: str | Path) -> Config:
     """Load params.yaml (and overlays) into a typed Config."""
     data = read_yaml(path)
@@ -579,6 +599,7 @@ def load_config(path: str | Path = "params.yaml", *overlays: str | Path) -> Conf
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
+# %% ../nbs/00_config.ipynb #0e6a3f63
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write a Config as YAML (atomically)."""
     y = yaml12()
@@ -595,6 +616,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
     return out
 
+# %% ../nbs/00_config.ipynb #b6988148
 def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> dict[str, tuple]:
     """Merge `overlay_path` into `params_path` in place (comments kept); returns {key: (old, new)} changed."""
     params_path = Path(params_path)

@@ -49,6 +49,7 @@ class Sentence:
     end: float
     text: str
 
+# %% ../nbs/02_data.ipynb #7a508fc0
 def detect_delimiter(header_line: str) -> str:
     """Tab, comma or semicolon, whichever splits the header into cells holding every How2Sign column."""
     for d in ("\t", ",", ";"):
@@ -56,6 +57,7 @@ def detect_delimiter(header_line: str) -> str:
             return d
     raise ValueError(f"header is not How2Sign's (expected {' | '.join(HOW2SIGN_COLUMNS)}): {header_line.strip()!r}")
 
+# %% ../nbs/02_data.ipynb #ff603e9f
 def read_how2sign_csv(path: str | Path) -> tuple[list[Sentence], list[dict]]:
     """Parse a How2Sign CSV into sentences plus a list of malformed-row problems (never raises on a row)."""
     path = Path(path)
@@ -111,14 +113,17 @@ def index_videos(root: str | Path) -> dict[str, Path]:
             out.setdefault(p.stem, p)
     return out
 
+# %% ../nbs/02_data.ipynb #1d6dce97
 class VideoError(RuntimeError):
     """A video that is missing, undecodable or empty; the message names the file."""
 
+# %% ../nbs/02_data.ipynb #15b11897
 def _short(e: BaseException) -> str:
     """First meaningful line of an exception (decord's carry a C++ stack trace)."""
     lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(("[bt]", "Stack"))]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
+# %% ../nbs/02_data.ipynb #1951361f
 @contextlib.contextmanager
 def _quiet_native_stderr():
     """Keep what decord's C++ side prints on fd 2 (FFmpeg's and dmlc's error lines) out of the terminal: the
@@ -137,6 +142,7 @@ def _quiet_native_stderr():
         os.dup2(saved, fd)
         os.close(saved)
 
+# %% ../nbs/02_data.ipynb #9e7c4e3d
 def open_video(path: str | Path, num_threads: int = 1):
     """Open `path` with decord (RGB frames); return `(reader, n_frames, fps)` or raise VideoError."""
     import decord
@@ -154,12 +160,14 @@ def open_video(path: str | Path, num_threads: int = 1):
     _check_count_and_rate(path, n, fps)
     return vr, n, fps
 
+# %% ../nbs/02_data.ipynb #21d5abb7
 def _check_count_and_rate(path: Path, n: int, fps: float) -> None:
     if n <= 0:
         raise VideoError(f"{path}: video has 0 frames")
     if not (fps > 0 and math.isfinite(fps)):
         raise VideoError(f"{path}: no usable frame rate ({fps!r})")
 
+# %% ../nbs/02_data.ipynb #30ddfb6b
 def _get_batch(vr, indices, path) -> np.ndarray:
     """Decode source frames `indices` (sorted, unique) with decord → uint8 [K, H, W, 3]; errors name the file."""
     try:
@@ -167,6 +175,7 @@ def _get_batch(vr, indices, path) -> np.ndarray:
     except Exception as e:
         raise VideoError(f"{path}: decoding frames {indices[0]}..{indices[-1]} failed ({_short(e)})") from None
 
+# %% ../nbs/02_data.ipynb #34d0e97c
 @dataclass
 class VideoInfo:
     path: Path
@@ -176,6 +185,7 @@ class VideoInfo:
     shape: tuple[int, int]   # (H, W) of a decoded frame
     reader: str              # 'decord' | 'pyav': the decoder that reads this file
 
+# %% ../nbs/02_data.ipynb #c8109591
 def _probe_pyav(path: Path) -> VideoInfo:
     """PyAV's reading: the container's frame count (else its packets), rate, and frame 0 decoded; raises VideoError."""
     try:
@@ -194,6 +204,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
     _check_count_and_rate(path, n, fps)
     return VideoInfo(path, fps, int(n), n / fps, (first.height, first.width), "pyav")
 
+# %% ../nbs/02_data.ipynb #ec6da40d
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame rate, count, duration and size of a video by the project's one reading rule: decord when it opens
     the file and decodes frame 0, else PyAV (`reader` says which); VideoError naming the file when neither can."""
@@ -226,6 +237,7 @@ def _open_encoder(path: Path, width: int, height: int, fps: float, crf: int):
     s.thread_count = 1
     return c, s
 
+# %% ../nbs/02_data.ipynb #9ba9d145
 def _encoder_input(frame: av.VideoFrame, enc) -> av.VideoFrame:
     """The decoded frame itself when the encoder takes it as is (yuv420p, same size); else an RGB copy."""
     if frame.format.name == "yuv420p" and (frame.width, frame.height) == (enc.width, enc.height):
@@ -233,6 +245,7 @@ def _encoder_input(frame: av.VideoFrame, enc) -> av.VideoFrame:
     img = np.ascontiguousarray(frame.to_ndarray(format="rgb24")[: enc.height, : enc.width])
     return av.VideoFrame.from_ndarray(img, format="rgb24")
 
+# %% ../nbs/02_data.ipynb #e9af74f4
 def cut_video(video: VideoInfo, sentences: list[Sentence], out_dir: Path, crf: int = 18) -> dict[str, int]:
     """Cut `sentences` out of one full video in a single decode pass; returns {sentence_name: n_frames}."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +292,7 @@ def cut_video(video: VideoInfo, sentences: list[Sentence], out_dir: Path, crf: i
 def _problem(s: Sentence, reason: str, detail: str = "") -> dict:
     return dict(row=s.row, id=s.sentence_name, video=s.video_name, reason=reason, detail=detail)
 
+# %% ../nbs/02_data.ipynb #f092341b
 def validate_sentences(sentences: list[Sentence], min_seconds: float) -> tuple[list[Sentence], list[dict]]:
     """Checks that need no video: timestamps, empty text, duplicate ids, length."""
     keep, problems, seen = [], [], set()
@@ -296,6 +310,7 @@ def validate_sentences(sentences: list[Sentence], min_seconds: float) -> tuple[l
         seen.add(s.sentence_name)
     return keep, problems
 
+# %% ../nbs/02_data.ipynb #deb36846
 def check_against_video(sentences: list[Sentence], info: VideoInfo, tolerance: float) -> tuple[list[Sentence], list[dict], int]:
     """Timestamps against the video's duration; clamps small END overruns. Returns (keep, problems, n_clamped)."""
     keep, problems, clamped = [], [], 0
@@ -317,10 +332,12 @@ def _cut_job(args):
     except Exception as e:  # a corrupt stream mid-file: report, keep going
         return info.path.stem, {}, f"{type(e).__name__}: {e}"
 
+# %% ../nbs/02_data.ipynb #b13c73ea
 def _signers(domain_dir: Path, split: str) -> dict[str, str]:
     p = domain_dir / f"synth_meta_{split}.tsv"
     return {r["SENTENCE_NAME"]: r.get("signer", "") for r in read_tsv(p)} if p.exists() else {}
 
+# %% ../nbs/02_data.ipynb #b4d0eb60
 def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: DataConfig,
                   videos: dict[str, Path] | None = None, progress: bool = True) -> dict:
     """Cut one split's clips and write `out_dir/{split}.tsv`; returns the split's report."""
@@ -394,11 +411,13 @@ def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: 
                 skipped_by_reason=dict(sorted(reasons.items())), clamped_end=clamped,
                 repeated_sentences=repeated, problems=sorted(problems, key=lambda p: p["row"]))
 
+# %% ../nbs/02_data.ipynb #249cda94
 def _tick(it, bar):
     for x in it:
         bar.update()
         yield x
 
+# %% ../nbs/02_data.ipynb #9ea7a2b8
 def _count_frames(path: Path) -> int:
     try:
         return probe_video(path).n_frames
@@ -431,6 +450,7 @@ def prepare(domain_dir: str | Path, out_dir: str | Path, cfg: DataConfig | None 
                          + "; ".join(failed.values()))
     return report
 
+# %% ../nbs/02_data.ipynb #ca9ea5ed
 def format_report(report: dict) -> str:
     """One line per split: rows, written, skipped by reason."""
     lines = []
@@ -458,6 +478,7 @@ def write_test_video(path: str | Path, n_frames: int = 75, fps: int = 25, size: 
     c.close()
     return path
 
+# %% ../nbs/02_data.ipynb #669633b7
 def make_fixture(root: str | Path) -> Path:
     """How2Sign-format folder: 1 good video (3 s), 1 corrupt, planted faults in the test CSV."""
     root = Path(root)
@@ -477,6 +498,7 @@ def make_fixture(root: str | Path) -> Path:
     (root / "how2sign_realigned_test.csv").write_text(_fixture_csv(rows), newline="")
     return root
 
+# %% ../nbs/02_data.ipynb #0e8d05f2
 def _fixture_csv(rows):
     return "\r\n".join(["\t".join(HOW2SIGN_COLUMNS)] + ["\t".join(r) for r in rows]) + "\r\n"
 

@@ -36,7 +36,7 @@ def system_sort_key(name: str) -> tuple:
     """Sort systems in the thesis order (zero-shot, fine-tuned, ablation, landmarks), then alphabetically."""
     return (SYSTEM_ORDER.index(name) if name in SYSTEM_ORDER else len(SYSTEM_ORDER), name)
 
-
+# %% ../nbs/12_evaluate.ipynb #05864395
 def system_label(name: str) -> str:
     """Human-readable system name for tables and legends."""
     return SYSTEM_LABELS.get(name, name)
@@ -61,12 +61,12 @@ def is_synthetic(info: dict, where: str | Path = "info.json") -> bool:
         return True
     return flag if flag is not None else dataset == "synthetic"
 
-
+# %% ../nbs/12_evaluate.ipynb #91552d60
 def dataset_label(synthetic: bool) -> str:
     """The words every title and caption uses for the data."""
     return "synthetic stand-in corpus (not How2Sign)" if synthetic else "How2Sign test set"
 
-
+# %% ../nbs/12_evaluate.ipynb #124ecd87
 def load_predictions(path: str | Path) -> tuple[list[dict], dict]:
     """Rows of `predictions.tsv` (folder or file) and its sibling `info.json`, checked against the contract."""
     path = Path(path)
@@ -101,7 +101,7 @@ def _fake_sentence(rng, domain: str) -> list[str]:
     n = int(rng.integers(3, 16))
     return [str(rng.choice(own if rng.random() < 0.45 else FAKE_SHARED_WORDS)) for _ in range(n)]
 
-
+# %% ../nbs/12_evaluate.ipynb #56bf8356
 def make_fake_predictions(folder: str | Path, system: str, quality: float, n: int = 40, *, seed: int = 0,
                           synthetic: bool = True, timing: bool = True, n_source: int = 0) -> Path:
     """Write `folder/predictions.tsv` + `info.json` (+ `timings.tsv`) for a fake system; quality 1.0 = hypothesis equals reference."""
@@ -167,19 +167,19 @@ SCORE_COLUMNS = ("id", "domain", "signer", "n_frames", "ref_words", "bleu", "chr
 def _words(text: str) -> int:
     return len(text.split())
 
-
+# %% ../nbs/12_evaluate.ipynb #712ea3fd
 def _score_rows(rows: list[dict]) -> tuple[list[dict], int]:
     "Rows with a non-empty reference, and how many were dropped."
     kept = [r for r in rows if r["reference"].strip()]
     return kept, len(rows) - len(kept)
 
-
+# %% ../nbs/12_evaluate.ipynb #15a7392e
 def _n_failures(info: dict) -> int:
     "Clips the translation stage could not translate (info.json `failures`: a list or a count); not in predictions.tsv."
     f = info.get("failures") or 0
     return len(f) if isinstance(f, list) else int(f)
 
-
+# %% ../nbs/12_evaluate.ipynb #dba97bc8
 def flat_metrics(result: dict) -> dict:
     """The flat, numeric `metrics/{system}.json` view of an `evaluate_predictions` result."""
     out = {"n": result["n"], "synthetic": result["synthetic"]}
@@ -192,7 +192,7 @@ def flat_metrics(result: dict) -> dict:
     out["n_translation_failures"] = result["n_translation_failures"]
     return out
 
-
+# %% ../nbs/12_evaluate.ipynb #9df8c4ca
 def evaluate_predictions(pred_tsv: str | Path,              # predictions.tsv or its folder (with info.json)
                          out_dir: str | Path = ".",         # metrics_dir / results_dir are relative to this
                          cfg: EvaluateConfig | None = None,
@@ -269,7 +269,7 @@ def _scored_by_id(path, domain: str) -> tuple[dict[str, dict], dict]:
     rows, _ = _score_rows([r for r in rows if domain == "all" or r["domain"] == domain])
     return {r["id"]: r for r in rows}, info
 
-
+# %% ../nbs/12_evaluate.ipynb #b076e792
 def compare_systems(pred_tsvs: dict[str, str | Path],   # system name -> predictions.tsv or folder
                     out_dir: str | Path = ".",
                     cfg: EvaluateConfig | None = None,
@@ -322,7 +322,7 @@ def compare_systems(pred_tsvs: dict[str, str | Path],   # system name -> predict
 def _fmt(x, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
-
+# %% ../nbs/12_evaluate.ipynb #0fdec201
 def summary_table(results: list[dict]) -> str:
     """Markdown table of evaluated systems: n, BLEU-1/4 (95 % CI), chrF, ROUGE-L, METEOR, CIDEr (latency: `latency_table`)."""
     if not results:
@@ -345,7 +345,7 @@ def summary_table(results: list[dict]) -> str:
         lines.append(f"- {m}: {why}")
     return "\n".join(lines)
 
-
+# %% ../nbs/12_evaluate.ipynb #e706e360
 def latency_table(results: list[dict]) -> str:
     """Markdown table of per-clip latency (median / p90 ms per component) of the evaluated systems."""
     timed = [r for r in sorted(results, key=lambda r: system_sort_key(r["system"])) if r.get("latency")]
@@ -361,7 +361,7 @@ def latency_table(results: list[dict]) -> str:
         lines.append(f"| {r['label']} | " + " | ".join(cell(c) for c in cols) + " |")
     return "\n".join(lines)
 
-
+# %% ../nbs/12_evaluate.ipynb #15a93fec
 def _remove_stale(name: str, cfg: EvaluateConfig, out_dir: str | Path) -> list[str]:
     "Delete this stage's old outputs for a system that no longer has predictions (so no figure shows them)."
     paths = [Path(out_dir) / cfg.metrics_dir / f"{name}.json",
@@ -373,7 +373,7 @@ def _remove_stale(name: str, cfg: EvaluateConfig, out_dir: str | Path) -> list[s
         paths[-1].parent.rmdir()                               # only if now empty
     return removed
 
-
+# %% ../nbs/12_evaluate.ipynb #11fd0f3f
 def evaluate_all(cfg: EvaluateConfig, out_dir: str | Path = ".", root: str | Path = ".") -> dict:
     """Evaluate every configured system whose predictions exist (paths relative to `root`), then compare them."""
     found, missing, results, stale = {}, {}, {}, {}

@@ -53,7 +53,7 @@ def save_features(features: torch.Tensor,  # [N, C]
         t = t.clone()                                         # do not save a view's whole storage
     return save_torch(t, path)
 
-
+# %% ../nbs/07_extract.ipynb #6fae1e6b
 def load_features(path: str | Path,         # an `{id}.pt` written by `extract_manifest`
                   mmap: bool = False,       # memory-map instead of reading (cheap shape look-ups)
                   ) -> torch.Tensor:        # [N, C] float32
@@ -101,7 +101,7 @@ class ExtractFailure(Exception):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
 
-
+# %% ../nbs/07_extract.ipynb #d73377e3
 def _zero_frames(file: Path) -> bool:
     """True when the container opens but holds no decodable video frame (decord reports those as corrupt)."""
     try:
@@ -115,7 +115,7 @@ def _zero_frames(file: Path) -> bool:
     except Exception:
         return False
 
-
+# %% ../nbs/07_extract.ipynb #cf7774b9
 def _classify(e: BaseException, file: Path, opened: bool) -> ExtractFailure:
     """Map a decoding error to a failure reason."""
     if isinstance(e, ExtractFailure):
@@ -129,7 +129,7 @@ def _classify(e: BaseException, file: Path, opened: bool) -> ExtractFailure:
         return ExtractFailure("unreadable_video", msg)
     return ExtractFailure("decode_error", msg)
 
-
+# %% ../nbs/07_extract.ipynb #c8f8fa11
 class _Batcher:
     """Packs windows (uint8 [T, H, W, 3]) and events into batch dicts of at most `size` windows."""
     def __init__(self, size: int):
@@ -161,7 +161,7 @@ class _Batcher:
         self.reset()
         return b
 
-
+# %% ../nbs/07_extract.ipynb #376c7abd
 class WindowDataset(IterableDataset):
     """Batches of SignHiera windows from many videos, decoded (and optionally cropped) in the loader workers."""
     def __init__(self,
@@ -246,7 +246,7 @@ def write_test_clip(path: str | Path,     # .mp4 to write
         return np.clip(img, 0, 255).astype(np.uint8)
     return write_video(path, (frame(i) for i in range(n_frames)), fps=fps, crf=18, preset="ultrafast")
 
-
+# %% ../nbs/07_extract.ipynb #079c933f
 def write_zero_frame_clip(path: str | Path, size: int = 64) -> Path:
     """A valid mp4 container with no video frames (what an interrupted encoder can leave)."""
     import av
@@ -257,7 +257,7 @@ def write_zero_frame_clip(path: str | Path, size: int = 64) -> Path:
         c.start_encoding()
     return Path(path)
 
-
+# %% ../nbs/07_extract.ipynb #a3075978
 def write_test_manifest(root: str | Path, lengths: Sequence[int] = (20, 110, 150), size: int = 64,
                         corrupt: bool = True, zero: bool = True) -> Path:
     """Clips of `lengths` frames (+ a corrupt and a zero-frame one) and their manifest `root/test.tsv`."""
@@ -287,7 +287,7 @@ def shard_info(rank: int | None = None, world_size: int | None = None) -> tuple[
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world}")
     return rank, world, local
 
-
+# %% ../nbs/07_extract.ipynb #351f81ad
 def resolve_device(device: str | torch.device = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
     """`hardware.device` → this process's torch.device; the one rule of every stage and command (see above)."""
     import warnings
@@ -312,7 +312,7 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0, wor
                            f"set hardware.device: auto or cuda:0..{n_gpus - 1} in params.yaml")
     return dev
 
-
+# %% ../nbs/07_extract.ipynb #8343abae
 def autocast_dtype(device: torch.device,
                    precision: Literal["auto", "bf16", "fp16", "no"] = "auto") -> torch.dtype | None:
     """The autocast dtype for `device` (None = fp32): auto → bf16 on GPUs that have it, else fp16; CPU → fp32."""
@@ -337,11 +337,11 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-
+# %% ../nbs/07_extract.ipynb #91093ebe
 def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
-
+# %% ../nbs/07_extract.ipynb #d3a673ac
 def _check_settings(out_dir: Path, settings: dict, on_change: Literal["error", "restart"] = "error") -> None:
     """Guard a folder against mixing settings; `restart` empties it instead (a pipeline stage's persistent output)."""
     p = out_dir / "extract.json"
@@ -358,7 +358,7 @@ def _check_settings(out_dir: Path, settings: dict, on_change: Literal["error", "
             return
     write_json(p, settings)
 
-
+# %% ../nbs/07_extract.ipynb #7ddded8b
 def _empty_folder(folder: Path) -> int:
     n = 0
     for f in sorted(folder.rglob("*"), reverse=True):      # files before their folders
@@ -368,7 +368,7 @@ def _empty_folder(folder: Path) -> int:
             f.unlink(); n += 1
     return n
 
-
+# %% ../nbs/07_extract.ipynb #88b1d206
 _TMP_RE = re.compile(r"^\.(?P<id>.+)\.[a-z0-9_]{8}\.tmp\.pt$")   # atomic_path's temp name for {id}.pt
 _INFO_TMP_RE = re.compile(r"^\.(?P<id>.+)\.info\.[a-z0-9_]{8}\.tmp\.json$")   # ... and for {id}.info.json
 
@@ -383,7 +383,7 @@ def _remove_stale_temps(out_dir: Path, ids: set[str]) -> int:
                     os.unlink(e.path); n += 1
     return n
 
-
+# %% ../nbs/07_extract.ipynb #d5711e40
 _LEFTOVER_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")   # temp names of io.atomic_write / atomic_path
 
 def _remove_leftover_temps(out_dir: Path) -> int:
@@ -397,7 +397,7 @@ def _remove_leftover_temps(out_dir: Path) -> int:
                     os.unlink(e.path); n += 1
     return n
 
-
+# %% ../nbs/07_extract.ipynb #352e34d5
 def _remove_unlisted(out_dir: Path, ids: set[str]) -> int:
     """Delete the feature and info files of clips that are not in the manifest (any more)."""
     n = 0
@@ -410,12 +410,12 @@ def _remove_unlisted(out_dir: Path, ids: set[str]) -> int:
                     break
     return n
 
-
+# %% ../nbs/07_extract.ipynb #1e348299
 def _shard_path(out_dir: Path, kind: str, rank: int, world: int) -> Path:
     ext = "tsv" if kind == "lengths" else "json"
     return out_dir / "shards" / f"{kind}-{rank:05d}-of-{world:05d}.{ext}"
 
-
+# %% ../nbs/07_extract.ipynb #b259bbd1
 @contextlib.contextmanager
 def _locked(path: Path):
     """An exclusive advisory lock on `path` (no-op where fcntl is missing)."""
@@ -468,7 +468,7 @@ class VideoProducer(Protocol):
 
     def __call__(self, row: dict, file: Path) -> tuple[torch.Tensor, dict]: ...
 
-
+# %% ../nbs/07_extract.ipynb #684d744f
 INFO_SUFFIX = ".info.json"
 
 
@@ -477,7 +477,7 @@ def _producer_failure(e: BaseException, file: Path) -> ExtractFailure:
         return _classify(e, file, opened=False)
     return ExtractFailure("producer_error", f"{file}: {type(e).__name__}: {e}")
 
-
+# %% ../nbs/07_extract.ipynb #15e41310
 class ProducerDataset(IterableDataset):
     """One result per video from a `VideoProducer`, computed in the loader workers (each takes every n-th video)."""
     def __init__(self, videos: Sequence[tuple[int, dict, str]],   # (video index, manifest row, file)
@@ -503,12 +503,12 @@ class ProducerDataset(IterableDataset):
                 f = _producer_failure(e, file)
                 yield {"vid": vid, "features": None, "info": None, "fail": (f.reason, f.detail)}
 
-
+# %% ../nbs/07_extract.ipynb #2ccb0231
 def _save_info(path: Path, info: dict) -> None:
     with atomic_path(path) as tmp:                       # temp name .{id}.info.XXXXXXXX.tmp.json
         tmp.write_text(json.dumps(_jsonable(info), ensure_ascii=False), encoding="utf-8")
 
-
+# %% ../nbs/07_extract.ipynb #36390c59
 def _load_info(path: Path) -> dict | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -523,7 +523,7 @@ def _fmt_time(s: float | None) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
-
+# %% ../nbs/07_extract.ipynb #9dca49b2
 class LogProgress:
     """tqdm's `update`/`set_postfix`/`refresh`/`close` as plain log lines (first item, every `every_s` s or `every_n` items, end)."""
     def __init__(self, total: int, desc: str, unit: str = "clip", every_s: float = 30.0, every_n: int = 0,
@@ -565,7 +565,7 @@ class LogProgress:
         if self.total and (self.n != self._last_n or not self._printed):
             self._print()
 
-
+# %% ../nbs/07_extract.ipynb #a95d8efb
 def progress_bar(total: int, desc: str, unit: str = "clip", enabled: bool = True, every_s: float = 30.0,
                  every_n: int = 0):
     """A tqdm bar on a terminal, `LogProgress` lines in a log (stderr not a TTY), nothing when not `enabled`."""
@@ -575,21 +575,21 @@ def progress_bar(total: int, desc: str, unit: str = "clip", enabled: bool = True
         return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
     return LogProgress(total, desc, unit, every_s, every_n)
 
-
+# %% ../nbs/07_extract.ipynb #32421598
 @dataclasses.dataclass
 class WindowCost:
     """What one forward pass of one window costs."""
     peak_bytes: int      # above what was in use before: device memory on CUDA, RSS on the CPU (0 = unknown)
     seconds: float
 
-
+# %% ../nbs/07_extract.ipynb #cf71df46
 def _rss() -> int:
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 
-
+# %% ../nbs/07_extract.ipynb #cdb043a7
 def measure_peak(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[Any, WindowCost]:
     """Run `fn()` once → (its result, its peak memory above the current level and its time)."""
     dev = torch.device(device)
@@ -616,7 +616,7 @@ def measure_peak(fn: Callable[[], Any], device: str | torch.device = "cpu") -> t
         th.join()
     return out, WindowCost(max(0, max(peak[0], _rss()) - base) if base else 0, time.perf_counter() - t)
 
-
+# %% ../nbs/07_extract.ipynb #2ad4dd23
 def _cgroup_room() -> int | None:
     """Bytes left under this process's cgroup memory limit (v2, else v1), without reclaimable file cache; None: no limit."""
     for d, lim, use, inactive in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
@@ -631,7 +631,7 @@ def _cgroup_room() -> int | None:
         return max(0, limit - used + int(stat.get(inactive, 0)))
     return None
 
-
+# %% ../nbs/07_extract.ipynb #41669250
 def available_memory(device: str | torch.device = "cpu") -> int:
     """Bytes a forward pass may still take: CUDA free + cached by torch; CPU `MemAvailable` (≤ the cgroup's room)."""
     dev = torch.device(device)
@@ -646,7 +646,7 @@ def available_memory(device: str | torch.device = "cpu") -> int:
     room = _cgroup_room()
     return min(avail, room) if room is not None else avail
 
-
+# %% ../nbs/07_extract.ipynb #f56b39f7
 def choose_batch_size(cost: WindowCost,                     # one window's forward pass
                       available: int,                        # bytes (`available_memory`)
                       cap: int = 8,                          # the user's maximum
@@ -692,14 +692,14 @@ class _HostCopy:
             self.event.synchronize()
         return self.host
 
-
+# %% ../nbs/07_extract.ipynb #6dde612f
 def normalize_batch(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
     """uint8 windows [B, T, H, W, 3] (on the device) → float32 [B, 3, T, H, W]: `video.normalize`, batched."""
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"expected windows [B, T, H, W, 3], got shape {tuple(frames.shape)}")
     return frames.permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(sizes.mean).div_(sizes.std)
 
-
+# %% ../nbs/07_extract.ipynb #1357ffde
 def auto_batch_size(model: nn.Module, sizes: Preset, device: str | torch.device, cap: int = 8,
                     amp: torch.dtype | None = None, host_windows: int = 0) -> tuple[int, str]:
     """Windows per forward pass from one measured window of zeros (`choose_batch_size`; CPU: + `host_windows` uint8 windows each)."""
@@ -716,7 +716,7 @@ def auto_batch_size(model: nn.Module, sizes: Preset, device: str | torch.device,
     return choose_batch_size(cost, available_memory(dev), cap, extra_per_window=x.numel() * host_windows if cpu else 0,
                              max_batch_seconds=60.0 if cpu else None)
 
-
+# %% ../nbs/07_extract.ipynb #d5dc590f
 def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_path (+ translation, …)
                      model: nn.Module | None,               # has extract_features(x, padding_mask) -> (features [B, T', C], valid [B, T']); None with a producer
                      out_dir: str | Path,                   # {id}.pt, lengths.tsv, failures.json, extract.json
@@ -946,7 +946,7 @@ def build_extractor(preset: str, checkpoint: str | Path | None) -> nn.Module:
         load_published(model, checkpoint)
     return model
 
-
+# %% ../nbs/07_extract.ipynb #b57be8b3
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line: extract one manifest (one shard per process under torchrun)."""
     ap = argparse.ArgumentParser(prog="python -m sonar_thesis.extract", description=main.__doc__)
@@ -972,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(json.dumps({k: v for k, v in rep.items() if k != "failures"}, indent=1))
     return rep
 
-
+# %% ../nbs/07_extract.ipynb #d2992553
 def _interactive() -> bool:
     import builtins
     return hasattr(builtins, "get_ipython") or "ipykernel" in sys.modules

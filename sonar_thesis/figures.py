@@ -51,7 +51,7 @@ def figure_label(name: str) -> str:
     """Short system name for legends."""
     return FIGURE_LABELS.get(name, name)
 
-
+# %% ../nbs/14_figures.ipynb #3d8b39bb
 def system_color(name: str):
     """A fixed colour per system / training stage (same in every figure)."""
     if name in SYSTEM_COLORS:
@@ -59,7 +59,7 @@ def system_color(name: str):
     spare = [c for c in _PALETTE if c not in SYSTEM_COLORS.values()]
     return spare[sum(map(ord, name)) % len(spare)]
 
-
+# %% ../nbs/14_figures.ipynb #ba5ed98d
 def thesis_rc(font_size: float = 8.0) -> dict:
     """Matplotlib rc for thesis figures: seaborn whitegrid/paper, every text >= `font_size` pt."""
     fs = font_size
@@ -71,13 +71,13 @@ def thesis_rc(font_size: float = 8.0) -> dict:
                "savefig.bbox": "tight", "savefig.pad_inches": 0.02, "figure.constrained_layout.use": True})
     return rc
 
-
+# %% ../nbs/14_figures.ipynb #c769ed43
 def figure_title(what: str, synthetic: bool, n: int | None = None) -> str:
     """Two-line title: what the figure shows / which data (always says 'synthetic' for synthetic data)."""
     data = ("SYNTHETIC stand-in corpus, not How2Sign" if synthetic else "How2Sign test set")
     return f"{what}\n{data}" + (f" (n = {n:,})" if n else "")
 
-
+# %% ../nbs/14_figures.ipynb #6390d2aa
 def new_figure(cfg: FiguresConfig, width: str = "single", height: float = 2.4, **kw):
     """A figure of thesis width ('single' or 'double') in the thesis style."""
     w = cfg.single_width if width == "single" else cfg.double_width
@@ -91,7 +91,7 @@ def figure_text(fig) -> str:
         return fig._suptitle.get_text()
     return " / ".join(ax.get_title() for ax in fig.axes if ax.get_title())
 
-
+# %% ../nbs/14_figures.ipynb #a24934b1
 def save_figure(fig, name: str, cfg: FiguresConfig, *, synthetic: bool, out_dir: str | Path | None = None) -> list[Path]:
     """Save `fig` as `{out_dir}/{name}.{png,pdf}`; refuses a title that hides synthetic data."""
     title = figure_text(fig)
@@ -136,12 +136,12 @@ def read_dvclive(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
         out[key] = (np.array([float(r["step"]) for r in rows]), np.array([float(r[name]) for r in rows]))
     return out
 
-
+# %% ../nbs/14_figures.ipynb #fb842a6c
 def _find(logs: dict, pattern: str):
     keys = [k for k in logs if re.fullmatch(pattern, k)]
     return logs[sorted(keys, key=len)[0]] if keys else None
 
-
+# %% ../nbs/14_figures.ipynb #9122e144
 _VAL = r"(val|eval|valid|validation)/(.*/)?"
 SCORE_METRICS = ((r"bleu_?4", "BLEU-4", 1.0), (r"sign_?accuracy", "sign acc. (%)", 100.0))  # first one logged; factor
 
@@ -161,14 +161,14 @@ def learning_curve_series(logs: dict) -> dict:
             "val_loss": _find(logs, _VAL + r"(val_)?loss"), "score": score, "score_name": score_name,
             "epochs": float(epoch[1][-1]) if epoch is not None and len(epoch[1]) else None}
 
-
+# %% ../nbs/14_figures.ipynb #6d27cf0f
 def log_scale_wanted(*series, decades: float = 1.0) -> bool:
     """True when the positive values of `series` ((steps, values) or None) span more than `decades` decades."""
     v = np.concatenate([np.asarray(s[1], float) for s in series if s is not None] or [np.zeros(0)])
     v = v[np.isfinite(v) & (v > 0)]
     return len(v) > 1 and np.log10(v.max() / v.min()) > decades
 
-
+# %% ../nbs/14_figures.ipynb #bc80547a
 def training_runs(runs: dict[str, str], root: str | Path = ".") -> dict[str, Path]:
     """{name: run dir} in plotting order: a run's earlier phases (sibling `{run}_{phase}` dirs with dvclive
     logs, e.g. pretraining's `run_text`, `run_video`; alphabetical) as `{stage}_{phase}`, then the run itself."""
@@ -218,7 +218,7 @@ def _curve_panel(ax, name: str, s: dict) -> list:
         right.set_ylim(0, max(right.get_ylim()[1], 1.0))
     return handles
 
-
+# %% ../nbs/14_figures.ipynb #97b63a4b
 def plot_learning_curves(runs: dict[str, dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
     """One panel per training run (`runs` = {name: read_dvclive(...)}, in order): training and validation loss
     on the left axis (log scale when they span > 1 decade), the validation score on the right one."""
@@ -257,7 +257,7 @@ def _systems_synthetic(evals: dict[str, dict]) -> bool:
         raise ValueError(f"synthetic and How2Sign results mixed: { {s: e['synthetic'] for s, e in evals.items()} }")
     return flags.pop() if flags else True
 
-
+# %% ../nbs/14_figures.ipynb #2a88b333
 def plot_metric_bars(evals: dict[str, dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
     """Grouped bars: metrics × systems with 95 % bootstrap CIs; `evals` = {system: evaluation.json}."""
     cfg = cfg or FiguresConfig()
@@ -326,7 +326,7 @@ def attach_seeds(evals: dict[str, dict], summary_path: str | Path) -> dict[str, 
 def _num(v):
     return float(v) if v not in ("", None) else np.nan
 
-
+# %% ../nbs/14_figures.ipynb #d9ca1033
 def _group_plot(ax, rows: list[dict], key: str, order: list[str], kind: str):
     systems = sorted({r["system"] for r in rows}, key=system_sort_key)
     width = 0.8 / max(len(systems), 1)
@@ -346,11 +346,11 @@ def _group_plot(ax, rows: list[dict], key: str, order: list[str], kind: str):
                    label=figure_label(s), error_kw={"elinewidth": 0.8, "capthick": 0.8})
     return systems
 
-
+# %% ../nbs/14_figures.ipynb #f4aad732
 def _counts(rows: list[dict], key: str) -> dict[str, int]:
     return {r[key]: int(r["n"]) for r in rows}
 
-
+# %% ../nbs/14_figures.ipynb #ca88e631
 def plot_bleu_by_length(rows: list[dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
     """BLEU-4 (95 % CI) per reference-length bin, one line per system; rows of `by_length.tsv`."""
     cfg = cfg or FiguresConfig()
@@ -367,7 +367,7 @@ def plot_bleu_by_length(rows: list[dict], *, synthetic: bool, cfg: FiguresConfig
         fig.suptitle(figure_title("BLEU-4 by sentence length", synthetic))
     return fig
 
-
+# %% ../nbs/14_figures.ipynb #31cd02ff
 def plot_bleu_by_signer(rows: list[dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
     """BLEU-4 (95 % CI) per signer, bars grouped by signer; rows of `by_signer.tsv`."""
     cfg = cfg or FiguresConfig()
@@ -411,7 +411,7 @@ def latex_escape(text: str) -> str:
     """Escape LaTeX special characters (and map a few non-ASCII ones) for text mode."""
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
-
+# %% ../nbs/14_figures.ipynb #a466276b
 OUR_EXTRA_DATA = {"synthetic": {"zeroshot": "synthetic source domain", "stage2": "synthetic source + target",
                                 "ablation": "synthetic source + target", "landmarks": "none"},
                   "how2sign": {"zeroshot": "DailyMoth-70h", "stage2": "DailyMoth-70h + How2Sign",
@@ -422,7 +422,7 @@ TABLE_COLUMNS = ("System", "Extra data", "BLEU-1", "BLEU-4", "ROUGE-L", "BLEURT"
 def _v(x, nd=1):
     return "–" if x is None else f"{x:.{nd}f}"
 
-
+# %% ../nbs/14_figures.ipynb #dbf11255
 def _our_rows(evals: dict[str, dict], synthetic: bool) -> list[dict]:
     rows = []
     for s in sorted(evals, key=system_sort_key):
@@ -434,26 +434,26 @@ def _our_rows(evals: dict[str, dict], synthetic: bool) -> list[dict]:
                          bleu4_seeds=e.get("seeds", {}).get("metrics", {}).get("bleu4")))   # {mean, sd} (attach_seeds)
     return rows
 
-
+# %% ../nbs/14_figures.ipynb #77c3bbec
 def table_columns(evals: dict[str, dict]) -> tuple[str, ...]:
     """`TABLE_COLUMNS`, with "BLEU-4 mean ± sd over N seeds" after BLEU-4 when a seed summary is attached."""
     k = max((e.get("seeds", {}).get("n_seeds", 0) for e in evals.values()), default=0)
     i = TABLE_COLUMNS.index("BLEU-4") + 1
     return TABLE_COLUMNS[:i] + (f"BLEU-4 mean ± sd over {k} seeds",) + TABLE_COLUMNS[i:] if k else TABLE_COLUMNS
 
-
+# %% ../nbs/14_figures.ipynb #ecabd5c0
 def _seed_cell(r: dict) -> str:
     s = r["bleu4_seeds"]
     return "–" if s is None else f"{s['mean']:.1f} ± {s['sd']:.1f}"
 
-
+# %% ../nbs/14_figures.ipynb #4afdd817
 def _signature(evals: dict[str, dict]) -> str:
     sigs = {e["signatures"].get("bleu4") for e in evals.values()} - {None}
     if len(sigs) > 1:
         raise ValueError(f"systems were scored with different BLEU signatures: {sigs}")
     return sigs.pop() if sigs else "–"
 
-
+# %% ../nbs/14_figures.ipynb #16fbde86
 def table_caption(evals: dict[str, dict], synthetic: bool, code=lambda s: s) -> str:
     """Plain-text caption: what the rows are, the data label, the sacrebleu signature (through `code`) and n."""
     ns = sorted({e["n"] for e in evals.values()})
@@ -467,14 +467,14 @@ def table_caption(evals: dict[str, dict], synthetic: bool, code=lambda s: s) -> 
             f"Our BLEU: sacrebleu signature {code(_signature(evals))}; BLEU-4 with a 95% bootstrap CI; ROUGE-L by rouge-score "
             f"(F1, no stemmer); n = {n_txt} sentences scored.")
 
-
+# %% ../nbs/14_figures.ipynb #7661aea2
 def _section_heading(synthetic: bool, evals: dict[str, dict]) -> str:
     if synthetic:
         return "This repository — SYNTHETIC stand-in corpus, not How2Sign — not comparable with the rows above"
     n = max((e["n"] for e in evals.values()), default=0)
     return f"This repository — measured here on the How2Sign test set (n = {n:,})"
 
-
+# %% ../nbs/14_figures.ipynb #c8634822
 PUBLISHED_HEADING = "Published How2Sign test results (not measured here)"
 
 
@@ -499,13 +499,13 @@ def results_table_markdown(evals: dict[str, dict]) -> str:
         lines.append("| (no system evaluated yet) |" + " |" * len(cols))
     return "\n".join(lines)
 
-
+# %% ../nbs/14_figures.ipynb #2e70a4bd
 def _latex_caption(evals: dict[str, dict], synthetic: bool) -> str:
     "The caption, escaped, with the signature in typewriter type (placeholder swapped after escaping)."
     text = latex_escape(table_caption(evals, synthetic, code=lambda s: "SIGNATUREPLACEHOLDER"))
     return text.replace("SIGNATUREPLACEHOLDER", r"\texttt{" + latex_escape(_signature(evals) if evals else "--") + "}")
 
-
+# %% ../nbs/14_figures.ipynb #fe29a564
 def results_table_latex(evals: dict[str, dict], label: str = "tab:how2sign-results") -> str:
     """The results table as a booktabs LaTeX `table` (needs \\usepackage{booktabs})."""
     synthetic, cols = _systems_synthetic(evals), table_columns(evals)
@@ -537,7 +537,7 @@ def results_table_latex(evals: dict[str, dict], label: str = "tab:how2sign-resul
 def _strip_escapes(tex: str) -> str:
     return re.sub(r"\\[\\{}&%$#_]", "", tex.replace("\\\\", "\n"))
 
-
+# %% ../nbs/14_figures.ipynb #72e407d5
 def validate_latex_table(tex: str) -> list[str]:
     """Structural problems of a LaTeX table (empty list = valid)."""
     problems = []
@@ -586,7 +586,7 @@ def validate_latex_table(tex: str) -> list[str]:
         problems.append(f"non-ASCII characters {bad} (escape them for pdflatex)")
     return problems
 
-
+# %% ../nbs/14_figures.ipynb #530cbd61
 TEX_ENGINES = ("pdflatex", "lualatex", "tectonic")
 
 
@@ -616,7 +616,7 @@ def load_evaluations(results_dir: str | Path, systems: list[str] | None = None) 
     return {s: read_json(results_dir / s / "evaluation.json") for s in sorted(systems, key=system_sort_key)
             if (results_dir / s / "evaluation.json").exists()}
 
-
+# %% ../nbs/14_figures.ipynb #a5ee5c06
 def decide_synthetic(evals: dict[str, dict], dataset: str) -> bool:
     """The one synthetic flag: from the evaluations' info.json, which must agree with params.yaml's `dataset`."""
     if not evals:
@@ -627,7 +627,7 @@ def decide_synthetic(evals: dict[str, dict], dataset: str) -> bool:
                          f"dataset: {dataset} — rerun the translation and evaluate stages")
     return flag
 
-
+# %% ../nbs/14_figures.ipynb #8983f1eb
 def make_figures(cfg: FiguresConfig, results_dir: str | Path = "results", analysis_dir: str | Path = "results/analysis",
                  dataset: str = "synthetic", systems: list[str] | None = None, root: str | Path = ".") -> dict:
     """Write every figure and table that has data; returns {'synthetic', 'written': {name: [paths]}, 'skipped': {name: why}}."""

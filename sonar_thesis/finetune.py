@@ -29,6 +29,7 @@ __all__ = ['PUBLISHED_NAMES', 'SYSTEMS', 'ABLATION_DIR', 'FEATURES_DIRS', 'Stage
 class Stage1Stack(FrozenEval, SignStack):
     """`SignStack` whose fully frozen sub-modules stay in eval mode during training."""
 
+# %% ../nbs/10_finetune.ipynb #6e2c473b
 class Stage2Model(FeatureModel):
     """Stage 2's model: `FeatureModel` (fully frozen sub-modules stay in eval mode; optional embedding loss)."""
     def train(self, mode: bool = True):
@@ -38,6 +39,7 @@ class Stage2Model(FeatureModel):
             dec.decoder_frontend.train()
         return self
 
+# %% ../nbs/10_finetune.ipynb #852fef78
 def stage1_model(models, cfg: Config) -> Stage1Stack:
     """Pretrained stack with the stage-1 freezing applied."""
     sh, tr = models.signhiera, models.translator
@@ -46,6 +48,7 @@ def stage1_model(models, cfg: Config) -> Stage1Stack:
     freeze(tr.decoder, not cfg.stage1.train_decoder)
     return Stage1Stack(sh, tr, cfg.sizes, cfg.training.label_smoothing, cfg.data.max_source_length)
 
+# %% ../nbs/10_finetune.ipynb #e8311f14
 def stage2_model(models, cfg: Config) -> Stage2Model:
     """Pretrained encoder + decoder with the stage-2 freezing applied."""
     tr = models.translator
@@ -71,6 +74,7 @@ def save_trained(out: str | Path, modules: dict[str, nn.Module], started_from: d
             files[kind] = str(started_from[kind])
     return files
 
+# %% ../nbs/10_finetune.ipynb #25f02290
 def stage_files(folder: str | Path) -> dict[str, str | None]:
     """The file standing for each model (`PUBLISHED_NAMES`) in a stage folder: its own, else the one its
     summary's `files` records (the untrained model's starting file), else None."""
@@ -80,12 +84,12 @@ def stage_files(folder: str | Path) -> dict[str, str | None]:
             recorded.update(read_json(folder / name).get("files", {}))
     return {k: str(folder / n) if (folder / n).is_file() else recorded.get(k) for k, n in PUBLISHED_NAMES.items()}
 
-
 # %% ../nbs/10_finetune.ipynb #600f9c5b
 def _validator(ds, collate, models, cfg):
     return bleu_validator(ds, collate, models.tokenizer, cfg.model.target_lang, cfg.training.val_beam_size,
                           cfg.model.max_len, max_samples=cfg.training.max_val_samples)
 
+# %% ../nbs/10_finetune.ipynb #83007c80
 def run_stage1(cfg: Config, progress: bool = True) -> dict:
     """Adapt the last (1 − freeze_fraction) of SignHiera on the target domain; save it in the published layout."""
     torch.manual_seed(cfg.seed)
@@ -188,6 +192,7 @@ def system_paths(cfg: Config, system: str) -> tuple[str | None, str | None, str 
         return stage_files(Path(p).parent)[kind] or p     # neither: load_pretrained names the missing file
     return tuple(resolve(p.format(**dirs) if p else None) for p in SYSTEMS[system])
 
+# %% ../nbs/10_finetune.ipynb #6d6df22b
 def predict_system(cfg: Config, system: str, domains: tuple[str, ...] = ("target",), split: str = "test",
                    out_root: str | Path = "predictions", limit: int = 0, progress: bool = True,
                    timings_root: str | Path = TIMINGS_DIR) -> dict:

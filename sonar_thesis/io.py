@@ -25,6 +25,7 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+# %% ../nbs/00a_io.ipynb #334fb40d
 _FILE_MODE = 0o666 & ~_umask()   # what open() would give: mkstemp's 0600 would hide outputs from a group
 
 def _publish(tmp: str | Path, path: Path) -> None:
@@ -32,6 +33,7 @@ def _publish(tmp: str | Path, path: Path) -> None:
     os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
 
+# %% ../nbs/00a_io.ipynb #30c218b2
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[Any]:
     """Open a temp file beside `path`; rename it onto `path` only if the block finishes."""
@@ -84,6 +86,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
         f.write("\n")
     return Path(path)
 
+# %% ../nbs/00a_io.ipynb #f5b0e2a0
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -146,6 +149,7 @@ def write_tsv(path: str | Path, rows: list[dict], columns: tuple[str, ...] | lis
             f.write("\t".join(cells) + "\n")
     return Path(path)
 
+# %% ../nbs/00a_io.ipynb #f5dde171
 def read_tsv(path: str | Path, required: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """Read a TSV with a header into dicts; a missing required column names the file and column."""
     path = Path(path)

@@ -51,13 +51,13 @@ def pose_ids(face_subset: bool = True) -> tuple[int, ...]:
     """MediaPipe Pose ids kept, in file order."""
     return (FACE_POSE_IDS if face_subset else ()) + BODY_POSE_IDS
 
-
+# %% ../nbs/15_landmarks.ipynb #7cfb82e0
 def landmark_names(face_subset: bool = True) -> list[str]:
     """The K point names in file order: pose points, then the left hand's 21, then the right hand's 21."""
     return ([POSE_NAMES[i] for i in pose_ids(face_subset)]
             + [f"{side}_hand_{j}" for side in ("left", "right") for j in range(HAND_POINTS)])
 
-
+# %% ../nbs/15_landmarks.ipynb #47c4b15a
 def landmark_dim(face_subset: bool = True) -> int:
     """Features per frame: K points × (x, y, present)."""
     return len(landmark_names(face_subset)) * len(CHANNELS)
@@ -66,7 +66,7 @@ def landmark_dim(face_subset: bool = True) -> int:
 class NoSigner(ValueError):
     """No frame of the clip has both shoulders: nothing to centre and scale on."""
 
-
+# %% ../nbs/15_landmarks.ipynb #a3bf9f79
 def normalize_landmarks(points: np.ndarray,    # [F, K, 2] pixels (x right, y down)
                         present: np.ndarray,   # [F, K] bool
                         face_subset: bool = True,
@@ -110,7 +110,7 @@ def holistic_points(result, width: int, height: int, face_subset: bool = True,
     pts[~pres] = 0.0
     return pts, pres
 
-
+# %% ../nbs/15_landmarks.ipynb #bdaeb394
 def holistic_landmarks(frames: Iterable[np.ndarray],        # RGB uint8 [H, W, 3], consecutive frames of one clip
                        face_subset: bool = True,
                        min_detection_confidence: float = 0.5,
@@ -154,7 +154,7 @@ def first_frame(start: float, fps: float) -> int:
         i += 1
     return i
 
-
+# %% ../nbs/15_landmarks.ipynb #ccc94fda
 def groundtruth_points(pose: np.ndarray,    # [F, 25, 2] MediaPipe Pose ids 0–24, pixels
                        hands: np.ndarray,   # [F, 2, 21, 2] the signer's left, right hand, pixels
                        face_subset: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +162,7 @@ def groundtruth_points(pose: np.ndarray,    # [F, 25, 2] MediaPipe Pose ids 0–
     pts = np.concatenate([pose[:, list(pose_ids(face_subset))], hands[:, 0], hands[:, 1]], axis=1)
     return pts.astype(np.float64), np.ones(pts.shape[:2], bool)
 
-
+# %% ../nbs/15_landmarks.ipynb #32c3dd8a
 def groundtruth_clip(keypoints: str | Path | dict,   # the full video's keypoints .npz (or its loaded arrays)
                      row: dict,                      # manifest row: start (s) of the clip in the video
                      n_clip_frames: int,             # frames of the clip at its own rate
@@ -266,7 +266,7 @@ class LandmarkProducer:
                 **{f"mp_{k}": rates.get(k, "") for k in ("pose", "left_hand", "right_hand")}}
         return torch.from_numpy(x.reshape(len(x), -1)), info
 
-
+# %% ../nbs/15_landmarks.ipynb #51856a5e
 def unflatten(features: torch.Tensor) -> torch.Tensor:
     """A landmark file's `[F, K·3]` → `[F, K, 3]` (x, y, present)."""
     return features.reshape(features.shape[0], -1, len(CHANNELS))
@@ -284,7 +284,7 @@ def write_photo_clips(root: str | Path, n_frames: int = 12) -> Path:
                                                           ("corrupt", "Broken."))]
     return write_tsv(root / "test.tsv", rows, ("id", "video_path", "n_frames", "translation", "start", "fps", "signer"))
 
-
+# %% ../nbs/15_landmarks.ipynb #42267ca3
 def skdata_astronaut() -> np.ndarray:
     """scikit-image's astronaut photograph (RGB uint8 [512, 512, 3])."""
     from skimage import data
@@ -305,14 +305,14 @@ def groundtruth_index(domain_dir: str | Path, split: str) -> dict[str, Path]:
     sentences, _ = read_how2sign_csv(csv)
     return {s.sentence_name: domain_dir / "keypoints" / f"{s.video_name}.npz" for s in sentences}
 
-
+# %% ../nbs/15_landmarks.ipynb #5b462ee8
 def _update_timings(path: Path, timed: dict[str, dict], keep: set[str]) -> None:
     """Per-clip landmark times: this run's, plus an earlier (resumed) run's for clips still in the folder."""
     rows = {r["id"]: r for r in read_tsv(path)} if path.is_file() else {}
     rows.update({i: {"id": i, **t} for i, t in timed.items()})
     write_tsv(path, [rows[i] for i in sorted(rows) if i in keep], ("id", "domain", "split", "ms"))
 
-
+# %% ../nbs/15_landmarks.ipynb #32a21a8c
 def _split_summary(out_dir: Path, rep: dict) -> dict:
     rows = read_tsv(out_dir / "lengths.tsv") if (out_dir / "lengths.tsv").is_file() else []
     mp_rows = [r for r in rows if r.get("mp_pose", "") != ""]
@@ -326,7 +326,7 @@ def _split_summary(out_dir: Path, rep: dict) -> dict:
             "mediapipe_frames": frames, "mediapipe_rates": rates, "frames": sum(int(r["n_features"]) for r in rows),
             "extracted": rep["extracted"], "skipped_existing": rep["skipped_existing"], "seconds": rep["seconds"]}
 
-
+# %% ../nbs/15_landmarks.ipynb #179bd060
 def mediapipe_check(cfg: Config, n_clips: int = CHECK_CLIPS, domain: str = "target", split: str = "test") -> dict | None:
     """Synthetic data: mediapipe on the first `n_clips` clips of a split vs the renderer's keypoints (report only)."""
     manifest = Path(cfg.data.prepared_dir) / domain / f"{split}.tsv"
@@ -354,7 +354,7 @@ def mediapipe_check(cfg: Config, n_clips: int = CHECK_CLIPS, domain: str = "targ
             if frames else None,
             "note": "SYNTHETIC frames; distances in ground-truth shoulder widths where both sources have the point"}
 
-
+# %% ../nbs/15_landmarks.ipynb #a971b02a
 def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, progress: bool = True,
                       check_clips: int = CHECK_CLIPS) -> dict:
     """The `landmarks` stage: every split of `domains` → `{feature_dir}/{domain}/{split}/`, plus `report.json`."""
@@ -500,13 +500,13 @@ class LandmarkT5(nn.Module):
         ids = self.generate_ids(batch["features"], batch["mask"], tokenizer.prompt(lang), beam_size, max_len)
         return [tokenizer.decode(i) for i in ids]
 
-
+# %% ../nbs/15_landmarks.ipynb #6390c3bb
 def build_landmark_model(preset: str, input_dim: int, vocab_size: int, dropout: float | None = None,
                          label_smoothing: float = 0.0, **overrides) -> LandmarkT5:
     """The landmarks seq2seq model at `preset` sizes (tiny | sonar = T5-base-shaped)."""
     return LandmarkT5(input_dim, vocab_size, preset, dropout, label_smoothing, **overrides)
 
-
+# %% ../nbs/15_landmarks.ipynb #b0fd81f5
 def t5_parameter_count(vocab_size: int, d_model: int, d_kv: int, d_ff: int, num_layers: int, num_decoder_layers: int,
                        num_heads: int, relative_attention_num_buckets: int = 32, **_) -> int:
     """Parameters of a T5 (ReLU FFN, tied embeddings, no biases) — the formula the built model must match."""
@@ -517,7 +517,7 @@ def t5_parameter_count(vocab_size: int, d_model: int, d_kv: int, d_ff: int, num_
     dec = num_decoder_layers * (2 * attn + ffn + 3 * d_model) + relative_attention_num_buckets * num_heads + d_model
     return vocab_size * d_model + enc + dec
 
-
+# %% ../nbs/15_landmarks.ipynb #c8109769
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (tied weights once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -528,7 +528,7 @@ def save_landmark_model(model: LandmarkT5, path: str | Path) -> Path:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_checkpoint(path, {"format": "sonar_thesis.landmarks/1", "config": dict(model.config), "model": state})
 
-
+# %% ../nbs/15_landmarks.ipynb #3ed9448f
 def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> LandmarkT5:
     """Rebuild a `LandmarkT5` from `save_landmark_model`'s file (eval mode)."""
     ck = load_checkpoint(path)
@@ -548,11 +548,11 @@ def _landmark_settings(feature_dir: Path) -> dict:
         raise FileNotFoundError(f"{feature_dir}/extract.json: no landmark folder here — run the landmarks stage first")
     return settings["producer"]
 
-
+# %% ../nbs/15_landmarks.ipynb #c1d60cde
 def _input_dim(feature_dir: Path) -> int:
     return len(_landmark_settings(feature_dir)["names"]) * len(CHANNELS)
 
-
+# %% ../nbs/15_landmarks.ipynb #5ab96ed0
 def train_landmarks(cfg: Config, progress: bool = True) -> dict:
     """The `landmarks_train` stage's training: target train/val landmarks → `{output_dir}/landmarks.pt`."""
     from dataclasses import replace
@@ -587,7 +587,7 @@ def train_landmarks(cfg: Config, progress: bool = True) -> dict:
     write_json(out / "landmarks.json", summary)
     return summary
 
-
+# %% ../nbs/15_landmarks.ipynb #759cc14c
 def predict_landmarks(cfg: Config, model: LandmarkT5 | None = None, split: str = "test",
                       out_dir: str | Path = "predictions/landmarks", progress: bool = True,
                       timings_root: str | Path = TIMINGS_DIR) -> dict:

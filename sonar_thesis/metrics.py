@@ -38,7 +38,7 @@ def _check_texts(texts, name: str) -> list[str]:
             raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
     return texts
 
-
+# %% ../nbs/11_metrics.ipynb #121a9679
 def normalise_inputs(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]],
                      ) -> tuple[list[str], list[list[str]]]:
     """Validate inputs; return hypotheses and per-hypothesis reference lists (same count for all)."""
@@ -64,7 +64,7 @@ def normalise_inputs(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequenc
                                  "references make every metric meaningless) or drop that segment")
     return hyps, per_hyp
 
-
+# %% ../nbs/11_metrics.ipynb #e35ae820
 def _streams(per_hyp: list[list[str]]) -> list[list[str]]:
     "Per-hypothesis reference lists -> sacrebleu's reference streams."
     return [list(s) for s in zip(*per_hyp)]
@@ -78,19 +78,19 @@ def sacrebleu_bleu(max_ngram_order: int = 4, effective_order: bool = False) -> B
     return BLEU(max_ngram_order=max_ngram_order, tokenize="13a", lowercase=False,
                 smooth_method="exp", effective_order=effective_order)
 
-
+# %% ../nbs/11_metrics.ipynb #1e94caa8
 def sacrebleu_chrf() -> CHRF:
     "The project's chrF: sacrebleu defaults (chrF2, char order 6, no word n-grams, case-sensitive)."
     return CHRF()
 
-
+# %% ../nbs/11_metrics.ipynb #1f6f06c1
 def bleu_stats(hyps: Sequence[str], refs) -> np.ndarray:
     "Per-sentence BLEU statistics `[hyp_len, ref_len, correct_1..4, total_1..4]`, shape [N, 10]."
     hyps, per_hyp = normalise_inputs(hyps, refs)
     return np.asarray(sacrebleu_bleu(BLEU_MAX_ORDER)._extract_corpus_statistics(hyps, _streams(per_hyp)),
                       dtype=np.float64)
 
-
+# %% ../nbs/11_metrics.ipynb #c31a3a68
 def chrf_stats(hyps: Sequence[str], refs) -> np.ndarray:
     "Per-sentence chrF statistics `[hyp, ref, match] x 6 orders`, shape [N, 18]."
     hyps, per_hyp = normalise_inputs(hyps, refs)
@@ -134,7 +134,7 @@ def bleu_from_stats(stats: np.ndarray, max_order: int = 4, effective_order: bool
     score = np.where(correct.sum(axis=1) == 0, 0.0, score)   # sacrebleu: no match at any order -> 0
     return score[0] if one else score
 
-
+# %% ../nbs/11_metrics.ipynb #40a65007
 def chrf_from_stats(stats: np.ndarray, beta: int = 2) -> np.ndarray:
     "Vectorised sacrebleu `CHRF._compute_f_score` (default, non-eps smoothing) over rows of summed statistics."
     s = np.asarray(stats, dtype=np.float64)
@@ -169,7 +169,7 @@ def _version(pkg: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
-
+# %% ../nbs/11_metrics.ipynb #bfb89b53
 def rouge_l_scores(hyps: Sequence[str], refs) -> np.ndarray:
     "Per-sentence ROUGE-L F1 (rouge-score, no stemmer; best reference when several), 0-100, shape [N]."
     from rouge_score import rouge_scorer
@@ -190,12 +190,12 @@ JAVA_INSTALL_HINT = ("Install a Java runtime (tested with OpenJDK 17): `sudo apt
 class JavaNotFoundError(RuntimeError):
     "Raised when a metric that needs Java (METEOR, PTB tokenisation) runs on a machine without `java`."
 
-
+# %% ../nbs/11_metrics.ipynb #88b3221f
 def java_path() -> str | None:
     "The `java` executable on PATH, or None."
     return shutil.which("java")
 
-
+# %% ../nbs/11_metrics.ipynb #dd5b8c4a
 def require_java(what: str) -> str:
     j = java_path()
     if j is None:
@@ -205,17 +205,17 @@ def require_java(what: str) -> str:
             "coco_tokenizer='simple' to compute CIDEr without Java.")
     return j
 
-
+# %% ../nbs/11_metrics.ipynb #30a8aa1a
 def _ptb_jar() -> Path:
     from pycocoevalcap.tokenizer import ptbtokenizer       # namespace package: no pycocoevalcap.__file__
     return Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
 
-
+# %% ../nbs/11_metrics.ipynb #8cf159cf
 def _one_line(text: str) -> str:
     "Collapse every kind of line break (PTB `-preserveLines` would split on them) into spaces."
     return " ".join(text.splitlines())
 
-
+# %% ../nbs/11_metrics.ipynb #73b5ed7e
 def _ptb_tokenize(texts: list[str]) -> list[str]:
     java = require_java("PTB tokenisation (COCO convention for METEOR/CIDEr)")
     jar = _ptb_jar()
@@ -231,7 +231,7 @@ def _ptb_tokenize(texts: list[str]) -> list[str]:
                            f"{len(texts)} sentences): {p.stderr.decode(errors='replace')[-2000:]}")
     return lines
 
-
+# %% ../nbs/11_metrics.ipynb #9d915446
 def _simple_tokenize(texts: list[str]) -> list[str]:
     from nltk.tokenize.treebank import TreebankWordTokenizer   # regex only: no nltk data needed
     tok = TreebankWordTokenizer()
@@ -242,7 +242,7 @@ def _simple_tokenize(texts: list[str]) -> list[str]:
         out.append(" ".join(w.lower() for w in words))
     return out
 
-
+# %% ../nbs/11_metrics.ipynb #e0216230
 def coco_tokenize(texts: Sequence[str], backend: str = "ptb") -> list[str]:
     """COCO-caption tokenisation: lowercase PTB tokens with pycocoevalcap's punctuation list removed.
 
@@ -271,7 +271,7 @@ def _meteor_scorer():
             _METEOR = Meteor()
         return _METEOR
 
-
+# %% ../nbs/11_metrics.ipynb #4d893bda
 def close_meteor() -> None:
     "Stop the cached METEOR Java process (it is restarted on the next METEOR call)."
     global _METEOR
@@ -283,11 +283,11 @@ def close_meteor() -> None:
             m.meteor_p.kill()
             m.meteor_p.wait()
 
-
+# %% ../nbs/11_metrics.ipynb #0ac0937a
 def _clean_meteor(text: str) -> str:
     return " ".join(text.replace("|||", " ").split())
 
-
+# %% ../nbs/11_metrics.ipynb #591a8938
 def meteor_score(hyps: Sequence[str], refs, coco_tokenizer: str = "ptb") -> tuple[float, np.ndarray]:
     "METEOR 1.5 on COCO-tokenised text: (corpus score, per-sentence scores), both 0-100."
     hyps, per_hyp = normalise_inputs(hyps, refs)
@@ -341,7 +341,7 @@ def bleurt_unavailable(checkpoint: str | Path | None) -> str | None:
                 "`pip install git+https://github.com/google-research/bleurt.git`")
     return None
 
-
+# %% ../nbs/11_metrics.ipynb #380df1e6
 def bleurt_scores(hyps: Sequence[str], refs, checkpoint: str | Path, batch_size: int = 32) -> np.ndarray:
     "Per-sentence BLEURT x 100 (best reference when several)."
     hyps, per_hyp = normalise_inputs(hyps, refs)
@@ -359,7 +359,7 @@ DEFAULT_METRICS = ALL_METRICS
 def _coco_sig(tok: str) -> str:
     return f"tok:{'ptb-lc-nopunct' if tok == 'ptb' else 'simple-lc-nopunct'}"
 
-
+# %% ../nbs/11_metrics.ipynb #837ca0dc
 def corpus_scores(hyps: Sequence[str], refs, metrics: Sequence[str] = DEFAULT_METRICS, *,
                   coco_tokenizer: str = "ptb", on_missing: str = "raise",
                   bleurt_checkpoint: str | Path | None = None) -> dict:
@@ -454,13 +454,13 @@ class BootstrapCI(NamedTuple):
     high: float           # 1 - alpha/2 percentile
     std: float            # standard deviation of the resampled scores
 
-
+# %% ../nbs/11_metrics.ipynb #3596279d
 class PairedBootstrap(NamedTuple):
     mean_diff: float               # mean over resamples of score(A) - score(B)
     ci: tuple[float, float]        # percentile CI of score(A) - score(B)
     p_value: float                 # one-sided: share of resamples where the full-set winner does not win
 
-
+# %% ../nbs/11_metrics.ipynb #9898df45
 def _stats_and_scorer(metric: str, hyps, per_hyp) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
     "Per-sentence sufficient statistics [N, d] and f(summed stats [R, d], sample size) -> scores [R]."
     if metric in BLEU_KEYS:
@@ -472,7 +472,7 @@ def _stats_and_scorer(metric: str, hyps, per_hyp) -> tuple[np.ndarray, Callable[
         return rouge_l_scores(hyps, per_hyp)[:, None], lambda S, size: S[:, 0] / size
     raise ValueError(f"bootstrap supports {BOOTSTRAP_METRICS}, got {metric!r}")
 
-
+# %% ../nbs/11_metrics.ipynb #0c70982d
 def _resample_counts(n: int, n_samples: int, seed: int, chunk: int = 500):
     "Yield [m, n] float matrices of multinomial counts (each row: n draws with replacement)."
     rng = np.random.default_rng(seed)
@@ -482,14 +482,14 @@ def _resample_counts(n: int, n_samples: int, seed: int, chunk: int = 500):
         flat = (np.arange(m)[:, None] * n + idx).ravel()
         yield np.bincount(flat, minlength=m * n).reshape(m, n).astype(np.float64)
 
-
+# %% ../nbs/11_metrics.ipynb #2cbd16bc
 def _check_bootstrap_args(n_samples: int, alpha: float):
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
-
+# %% ../nbs/11_metrics.ipynb #d55ee69d
 def bootstrap_ci(hyps: Sequence[str], refs, metric: str = "bleu4", n_samples: int = 1000,
                  seed: int = 0, alpha: float = 0.05) -> BootstrapCI:
     "Percentile bootstrap CI of a corpus metric (vectorised over resamples)."
@@ -502,7 +502,7 @@ def bootstrap_ci(hyps: Sequence[str], refs, metric: str = "bleu4", n_samples: in
     lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return BootstrapCI(score, float(lo), float(hi), float(boot.std()))
 
-
+# %% ../nbs/11_metrics.ipynb #82be3416
 def paired_bootstrap_diffs(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, metric: str = "bleu4",
                            n_samples: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
     "score(A) - score(B) on the full set, and on `n_samples` paired resamples [n_samples] (both systems on the same sentences)."
@@ -515,7 +515,7 @@ def paired_bootstrap_diffs(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, m
     observed = float(f(Sa.sum(0, keepdims=True), N)[0] - f(Sb.sum(0, keepdims=True), N)[0])
     return observed, np.concatenate([f(W @ Sa, N) - f(W @ Sb, N) for W in _resample_counts(N, n_samples, seed)])
 
-
+# %% ../nbs/11_metrics.ipynb #2008bc83
 def paired_bootstrap(hyps_a: Sequence[str], hyps_b: Sequence[str], refs, metric: str = "bleu4",
                      n_samples: int = 1000, seed: int = 0, alpha: float = 0.05) -> PairedBootstrap:
     "Koehn (2004) paired bootstrap resampling of score(A) - score(B): (mean diff, CI, one-sided p)."

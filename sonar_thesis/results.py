@@ -83,7 +83,7 @@ def playback_frames(path: str | Path, fps: int = 25) -> Iterator[np.ndarray]:
             frame, j = next(frames), j + 1
         yield frame
 
-
+# %% ../nbs/13b_results.ipynb #05575c79
 def playback_length(path: str | Path, fps: int = 25) -> int:
     """How many frames `playback_frames(path, fps)` yields."""
     meta = read_crop_meta(path) if Path(path).suffix == ".mkv" else None
@@ -92,7 +92,7 @@ def playback_length(path: str | Path, fps: int = 25) -> int:
     info = probe_video(path)
     return len(resample_indices(info.n_frames, info.fps, fps))
 
-
+# %% ../nbs/13b_results.ipynb #b94292e5
 class WebClipWriter(H264Writer):
     """H.264 yuv420p MP4 for browsers: index first (+faststart), CRF 26, MB-tree off (same bytes every run)."""
     def __init__(self, path: str | Path, width: int, height: int, fps: int = 25, crf: int = 26):
@@ -118,11 +118,11 @@ def clip_sources(cfg: Config, split: str = "test") -> dict[str, Path]:
                 out.setdefault(r["id"], resolve_video_path(manifest, r["video_path"]))
     return out
 
-
+# %% ../nbs/13b_results.ipynb #d0a789b7
 def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
-
+# %% ../nbs/13b_results.ipynb #ecd5f53a
 def web_clip(src: str | Path, dst: str | Path, size: int, crf: int = 26, fps: int = 25) -> dict:
     """Re-encode one clip to `dst` (.mp4, shorter side -> `size`) and write its poster (middle frame, .jpg)."""
     import cv2
@@ -395,7 +395,7 @@ def _json_for_script(obj) -> str:
     """JSON safe inside <script>: no `</` or `<!--` can end or confuse the block."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\u0021--")
 
-
+# %% ../nbs/13b_results.ipynb #32e667db
 def _summary_table(systems: list[dict]) -> str:
     """Per system: corpus BLEU-4 and chrF (12_evaluate) and category counts (13_analysis), counts linked to filters."""
     head = "".join(f"<th>{c}</th>" for c in CATEGORIES)
@@ -408,7 +408,7 @@ def _summary_table(systems: list[dict]) -> str:
                      f"<td>{fmt(s['chrf'])}</td>{cells}</tr>")
     return "\n".join(lines + ["</table>"])
 
-
+# %% ../nbs/13b_results.ipynb #5ebdaeaa
 def render_page(data: dict) -> str:
     """The self-contained HTML page for `data` (see `build_results_page`: title, synthetic, systems, rows, …)."""
     synthetic = data["synthetic"]
@@ -517,7 +517,7 @@ def find_chromium() -> str:
         raise FileNotFoundError(f"no Chromium found (tried $CHROMIUM, {', '.join(CHROMIUM_NAMES)}): {CHROMIUM_HINT}")
     return exe
 
-
+# %% ../nbs/13b_results.ipynb #a6f042ad
 class HeadlessChromium:
     """Headless Chromium over the DevTools protocol (websocket-client): goto, eval, screenshot; a context manager."""
     def __init__(self, executable: str | None = None, width: int = 1400, height: int = 1000, timeout: float = 30.0):
@@ -642,7 +642,7 @@ class HeadlessChromium:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-
+# %% ../nbs/13b_results.ipynb #b4eaebdb
 def page_load_ms(browser: HeadlessChromium, page: str | Path, runs: int = 3) -> dict:
     """Median ms from navigation start to the first rows rendered (`data-ready`), and to the load event."""
     url = Path(page).resolve().as_uri()

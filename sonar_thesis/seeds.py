@@ -58,6 +58,7 @@ def seed_paths(system: str, seed: int) -> dict[str, Path]:
     return dict(models=Path("models") / part, predictions=Path("predictions") / part,
                 results=Path("results") / part, timings=TIMINGS_DIR / part)
 
+# %% ../nbs/13c_seeds.ipynb #9e9e5629
 def seed_config(cfg: Config, system: str, seed: int) -> Config:
     """`cfg` with `seed` replaced (no extra seeds) and `system`'s model folder under models/seeds/."""
     out = str(seed_paths(system, seed)["models"])
@@ -81,6 +82,7 @@ def predict_seed(cfg: Config, system: str, model_dir: str | Path, out_dir: str |
     return translate_manifests(manifests, models, cfg, out_dir, system, device=device, progress=progress,
                                timings_tsv=timings_file(system, timings_root))
 
+# %% ../nbs/13c_seeds.ipynb #43dde8df
 def train_seed(cfg: Config, system: str, seed: int, progress: bool = True) -> dict:
     """Retrain `system` with `seed` and translate the target test split (folders: `seed_paths`)."""
     from sonar_thesis.finetune import run_stage2, stage_inputs
@@ -105,6 +107,7 @@ def seed_evaluate_config(cfg: Config, system: str) -> EvaluateConfig:
                           bootstrap_samples=e.bootstrap_samples, alpha=e.alpha, seed=e.seed,
                           results_dir=folder, metrics_dir=folder)
 
+# %% ../nbs/13c_seeds.ipynb #28fc0ecb
 def evaluate_seed(cfg: Config, system: str, seed: int) -> dict:
     """Score one seed run's predictions → results/seeds/{system}/seed{n}/ (scores.tsv, evaluation.json)."""
     p = seed_paths(system, seed)
@@ -121,12 +124,15 @@ def load_run(folder: str | Path) -> dict:
     rows = {r["id"]: r for r in read_tsv(folder / "scores.tsv", required=("id", "reference", "hypothesis"))}
     return dict(rows=rows, evaluation=read_json(folder / "evaluation.json"), folder=str(folder))
 
+# %% ../nbs/13c_seeds.ipynb #db8d801e
 def _r(x, nd: int = 4):
     return None if x is None else round(float(x), nd)
 
+# %% ../nbs/13c_seeds.ipynb #58a4fb7e
 def _rounded(d: dict) -> dict:
     return {k: _r(v) if isinstance(v, float) else v for k, v in d.items()}
 
+# %% ../nbs/13c_seeds.ipynb #4016a314
 def _paired(run_a: dict, run_b: dict, metric: str, n_samples: int, seed: int, alpha: float) -> dict:
     ids = [i for i in run_a["rows"] if i in run_b["rows"]]
     if not ids:
@@ -193,9 +199,11 @@ def summarise_seeds(runs: dict[str, dict[int, dict]],   # {system: {seed: load_r
 def _f(x, nd: int = 1) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
+# %% ../nbs/13c_seeds.ipynb #e87563c1
 def _pm(c: dict) -> str:
     return f"{_f(c['mean'])} ± {_f(c['sd'])}" if c["sd"] is not None else f"{_f(c['mean'])} (1 run)"
 
+# %% ../nbs/13c_seeds.ipynb #f446b3ac
 def seeds_table(summary: dict) -> str:
     """Markdown: per system main run [CI] beside mean ± sd over seeds; per comparison mean Δ, sd, combined interval."""
     names = {"bleu4": "BLEU-4", "chrf": "chrF"}

@@ -44,7 +44,7 @@ def _triple(v: Sequence[int]) -> tuple[int, int, int]:
     if len(v) != 3: raise ValueError(f"expected a (T, H, W) triple, got {v}")
     return v
 
-
+# %% ../nbs/04_signhiera.ipynb #9d10d2a0
 @dataclass(frozen=True)
 class SignHieraConfig:
     """Architecture of a SignHiera backbone; the defaults are `hiera_base_128x224`."""
@@ -155,7 +155,7 @@ def unroll(x: torch.Tensor, size: Sequence[int], strides: Sequence[Sequence[int]
         x = x.permute(perm).reshape(-1, *cur, C)                               # [B' * s0*s1*s2, n0, n1, n2, C]
     return x.reshape(B, -1, C)
 
-
+# %% ../nbs/04_signhiera.ipynb #5b042c5f
 def reroll(x: torch.Tensor, grid: Sequence[int], strides: Sequence[Sequence[int]]) -> torch.Tensor:
     """Undo the `strides` unroll steps still present in x [B, N, C] -> map [B, *size, C]."""
     B, _, C = x.shape
@@ -168,7 +168,7 @@ def reroll(x: torch.Tensor, grid: Sequence[int], strides: Sequence[Sequence[int]
         x = x.permute(perm).reshape(-1, *cur, C)                               # [B', n0*s0, n1*s1, n2*s2, C]
     return x.reshape(B, *cur, C)
 
-
+# %% ../nbs/04_signhiera.ipynb #ee2b05e7
 def pool_tokens(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Max-pool unrolled tokens [B, N, C] -> [B, N / stride, C] (a `stride`-cell max-pool in (T, H, W))."""
     return x.view(x.shape[0], stride, -1, x.shape[-1]).amax(dim=1)
@@ -222,7 +222,7 @@ class DropPath(nn.Module):
         keep = 1.0 - self.p
         return x * x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(keep) / keep
 
-
+# %% ../nbs/04_signhiera.ipynb #fc452074
 class Mlp(nn.Module):
     """fc1 -> GELU (exact erf form) -> fc2."""
     def __init__(self, dim: int, hidden: int):
@@ -231,7 +231,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.fc2(self.act(self.fc1(x)))
 
-
+# %% ../nbs/04_signhiera.ipynb #cd107238
 class SignHieraBlock(nn.Module):
     """Pre-norm block: (pooled) attention + MLP, widening via `proj` at the first block of a stage."""
     def __init__(self, dim: int, dim_out: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
@@ -265,7 +265,7 @@ class SignHieraFeatures(NamedTuple):
         """Drop padded units: a list of [T'_i, C]."""
         return drop_padded(self.features, self.valid)
 
-
+# %% ../nbs/04_signhiera.ipynb #54a8b23b
 def drop_padded(features: torch.Tensor,   # [B, T', C]
                 valid: torch.Tensor,      # [B, T'] bool, True = keep
                 ) -> list[torch.Tensor]:  # B tensors [T'_i, C]
@@ -274,7 +274,7 @@ def drop_padded(features: torch.Tensor,   # [B, T', C]
         raise ValueError(f"features {tuple(features.shape)} and valid {tuple(valid.shape)} disagree on [B, T']")
     return [f[v] for f, v in zip(features, valid.bool())]
 
-
+# %% ../nbs/04_signhiera.ipynb #747c8e1b
 def padding_mask_from_counts(counts: torch.Tensor | Sequence[int],  # [B] padded frames per clip (the reference's input)
                              num_frames: int,                        # T
                              ) -> torch.Tensor:                      # [B, T] bool, True = one of the last counts[b] frames
@@ -298,7 +298,7 @@ class PatchEmbed(nn.Module):
         if frame_valid is not None: x = x * frame_valid[:, None, :, None, None].to(x.dtype)
         return self.proj(x)
 
-
+# %% ../nbs/04_signhiera.ipynb #00a4cdd9
 class SignHiera(nn.Module):
     """Hiera video backbone with sign-language padding masks and feature extraction."""
     def __init__(self, config: SignHieraConfig | None = None, **overrides):
@@ -483,12 +483,12 @@ def hiera_base_128x224(**overrides) -> SignHiera:
     """SignHiera-Base at 128×224×224 (the SONAR ASL feature extractor), head = Identity."""
     return SignHiera(HIERA_BASE_128x224, **overrides)
 
-
+# %% ../nbs/04_signhiera.ipynb #d94ccf9f
 def signhiera_tiny(**overrides) -> SignHiera:
     """Tiny SignHiera for 32×64×64 clips: same topology, feature dim 256; CPU-trainable."""
     return SignHiera(SIGNHIERA_TINY, **overrides)
 
-
+# %% ../nbs/04_signhiera.ipynb #6c6e6362
 SIGNHIERA_SMALL = replace(HIERA_BASE_128x224, embed_dim=8, stages=(1, 1, 2, 1))
 
 
@@ -496,7 +496,7 @@ def signhiera_small(**overrides) -> SignHiera:
     """SignHiera-Base's input, patching and attention pattern at width 8 (features 64): CI's real-path preset."""
     return SignHiera(SIGNHIERA_SMALL, **overrides)
 
-
+# %% ../nbs/04_signhiera.ipynb #b6e61128
 SIGNHIERA_PRESETS = {"tiny": signhiera_tiny, "small": signhiera_small, "sonar": hiera_base_128x224}
 
 

@@ -37,7 +37,7 @@ def state_dict_shapes(module: nn.Module) -> dict[str, list[int]]:
     """`{state_dict key: shape}` in the module's own order (tied tensors appear under every name)."""
     return {k: list(v.shape) for k, v in module.state_dict().items()}
 
-
+# %% ../nbs/05_sonar.ipynb #50f41268
 def unique_params(module: nn.Module) -> int:
     """Number of parameters, each shared tensor counted once."""
     return sum(p.numel() for p in module.parameters())
@@ -86,7 +86,7 @@ class FeatureProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.feature_proj_scale * self.feature_proj(x)
 
-
+# %% ../nbs/05_sonar.ipynb #3be2e182
 class SignT5SonarEncoder(T5Model):
     """SONAR ASL encoder: features `[B, N, Df]` (+ mask `[B, N]`, 1 = valid) -> sentence embedding `[B, output_dim]`."""
     def __init__(self, cfg: SonarEncoderConfig):
@@ -118,19 +118,19 @@ class SignT5SonarEncoder(T5Model):
                               decoder_input_ids=start, use_cache=False)
         return self.projection_out(out.last_hidden_state).squeeze(1)       # [B, 1, D] -> [B, output_dim]
 
-
+# %% ../nbs/05_sonar.ipynb #858417fb
 def sonar_asl_encoder(**overrides) -> SignT5SonarEncoder:
     """The published SONAR ASL encoder sizes (T5 v1.1-large, features 768 -> 1024)."""
     return SignT5SonarEncoder(SonarEncoderConfig(**overrides))
 
-
+# %% ../nbs/05_sonar.ipynb #59d1d036
 def sonar_encoder_tiny(feature_dim: int = 256, **overrides) -> SignT5SonarEncoder:
     """The `tiny` preset: d_model 256, 2 encoder + 1 pooling-decoder layers, 4 heads, d_ff 512."""
     kw = dict(feature_dim=feature_dim, d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=1,
               num_heads=4, vocab_size=8, output_dim=256)
     return SignT5SonarEncoder(SonarEncoderConfig(**{**kw, **overrides}))
 
-
+# %% ../nbs/05_sonar.ipynb #87b576d6
 def sonar_encoder_small(feature_dim: int = 64, **overrides) -> SignT5SonarEncoder:
     """The `small` preset (CI's real path): the published structure at d_model 64, 2 + 2 layers, 4 heads, output 64."""
     kw = dict(feature_dim=feature_dim, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
@@ -154,7 +154,7 @@ class SonarTextDecoderConfig:
     dropout_p: float = 0.1          # embeddings, attention weights, residuals, FFN inner (train only)
     layer_norm_eps: float = 1e-5
 
-
+# %% ../nbs/05_sonar.ipynb #942f8782
 def sinusoidal_table(num_pos: int, dim: int, offset: int = 0, device=None) -> Tensor:
     """fairseq-style positions `[num_pos, dim]`: row r encodes step `offset + r`, sin | cos halves."""
     if dim % 2:
@@ -165,7 +165,7 @@ def sinusoidal_table(num_pos: int, dim: int, offset: int = 0, device=None) -> Te
     angles = torch.outer(steps, freqs)                                   # [S, half]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
-
+# %% ../nbs/05_sonar.ipynb #1fdb1e37
 class SinusoidalPositionEncoder(nn.Module):
     """Adds fixed positions to `[B, T, D]` starting at position `start` (the incremental-decoding step)."""
     def __init__(self, dim: int, max_seq_len: int, pad_idx: int):
@@ -185,7 +185,7 @@ class SinusoidalPositionEncoder(nn.Module):
             self.reset_non_persistent_buffers(device=x.device)
         return x + self.freqs[start:end].to(x.dtype)
 
-
+# %% ../nbs/05_sonar.ipynb #7982bf46
 class DecoderFrontend(nn.Module):
     """Token ids `[B, T]` -> `embed * sqrt(D) + positions` `[B, T, D]`."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -242,7 +242,7 @@ class MultiheadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return self.output_proj(out.transpose(1, 2).flatten(2))          # [B, H, T, Dh] -> [B, T, D]
 
-
+# %% ../nbs/05_sonar.ipynb #db54f584
 class FeedForward(nn.Module):
     """`output_proj(dropout(relu(inner_proj(x))))`."""
     def __init__(self, dim: int, inner_dim: int, dropout_p: float):
@@ -254,7 +254,7 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.output_proj(self.inner_dropout(F.relu(self.inner_proj(x))))
 
-
+# %% ../nbs/05_sonar.ipynb #6fa5f10f
 class DecoderLayer(nn.Module):
     """Pre-norm layer: causal self-attention, cross-attention to the memory, FFN; each with a residual."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -279,7 +279,7 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.ffn(self.ffn_layer_norm(x)))
         return x, (k, v)
 
-
+# %% ../nbs/05_sonar.ipynb #346891c2
 class TransformerDecoder(nn.Module):
     """The layer stack and its final LayerNorm (fairseq2 `decoder.*` names)."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -287,7 +287,7 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.layer_norm = nn.LayerNorm(cfg.model_dim, eps=cfg.layer_norm_eps)
 
-
+# %% ../nbs/05_sonar.ipynb #9610e39c
 class TiedProjection(nn.Module):
     """Output projection that *is* the embedding matrix (registered under a second name, no bias)."""
     def __init__(self, weight: nn.Parameter):
@@ -311,7 +311,7 @@ class DecoderCache:
         self.cross_kv = [sel(kv) for kv in self.cross_kv]
         self.self_kv = [None if kv is None else sel(kv) for kv in self.self_kv]
 
-
+# %% ../nbs/05_sonar.ipynb #f41e5a21
 class Hypothesis(NamedTuple):
     """A finished beam-search hypothesis (fairseq2's fields)."""
     seq: list[int]             # generated ids, EOS last, prompt excluded
@@ -330,7 +330,7 @@ def xavier_linears(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight, gain=2 ** -0.5 if qkv else 1.0)
             nn.init.zeros_(m.bias)
 
-
+# %% ../nbs/05_sonar.ipynb #e8515397
 class SonarTextDecoder(nn.Module):
     """SONAR text decoder: tokens `[B, T]` + sentence embeddings `[B, D]` -> logits `[B, T, V]` (fairseq2 names)."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -536,12 +536,12 @@ class SonarTextDecoder(nn.Module):
         hyps = self.beam_search(embeddings, prompt_ids, beam_size, max_len, length_penalty, min_len, normalize_scores)
         return [h[0].seq[:-1] if h else [] for h in hyps]
 
-
+# %% ../nbs/05_sonar.ipynb #a50b6c3d
 def sonar_text_decoder_basic(**overrides) -> SonarTextDecoder:
     """The published SONAR text decoder ("basic": 24 layers, 1024, 16 heads, FFN 8192, vocab 256206)."""
     return SonarTextDecoder(SonarTextDecoderConfig(**overrides))
 
-
+# %% ../nbs/05_sonar.ipynb #17671a99
 TINY_TEXT_SIZES = dict(model_dim=256, num_layers=2, num_heads=4, ffn_inner_dim=512, max_seq_len=128)
 
 
@@ -549,7 +549,7 @@ def sonar_text_decoder_tiny(vocab_size: int, **overrides) -> SonarTextDecoder:
     """The `tiny` preset: dim 256, 2 layers, 4 heads, FFN 512, max_seq_len 128."""
     return SonarTextDecoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
 
-
+# %% ../nbs/05_sonar.ipynb #8c22ae39
 SMALL_TEXT_SIZES = dict(model_dim=64, num_layers=2, num_heads=4, ffn_inner_dim=128, max_seq_len=128)
 
 
@@ -576,7 +576,7 @@ def _rename(sd: Mapping[str, Tensor], mapping: Mapping[str, str], what: str) -> 
         out[mapping[src] + k[len(src):]] = v
     return out
 
-
+# %% ../nbs/05_sonar.ipynb #ffb1f196
 def decoder_state_from_fairseq2(ckpt: Mapping[str, object]) -> dict[str, Tensor]:
     """A fairseq2 SONAR decoder checkpoint (`{"model": sd}`) or bare state dict -> our `SonarTextDecoder` state dict."""
     key = ckpt.get("model_key", "model")
@@ -591,7 +591,7 @@ def decoder_state_from_fairseq2(ckpt: Mapping[str, object]) -> dict[str, Tensor]
         raise ValueError(f"{_PROJ} differs from {_EMBED}; SonarTextDecoder ties them and cannot load both")
     return out
 
-
+# %% ../nbs/05_sonar.ipynb #448f32a5
 def decoder_state_to_fairseq2(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Our `SonarTextDecoder` state dict -> fairseq2 names (save it as `{"model": ...}`)."""
     out = _rename({k: v for k, v in sd.items() if k != _FREQS}, FAIRSEQ2_DECODER_KEY_MAP, "SonarTextDecoder state dict")
@@ -656,7 +656,7 @@ def langs_path(model_path: str | Path) -> Path:
     """The language-list file beside a SentencePiece model (`foo.model` -> `foo.langs.txt`)."""
     return Path(model_path).with_suffix(".langs.txt")
 
-
+# %% ../nbs/05_sonar.ipynb #a3ae24ba
 class SonarTokenizer:
     """SentencePiece model under the fairseq2 NLLB id layout (`<pad>`=0, `<unk>`=1, `<s>`=2, `</s>`=3, pieces +1, languages, tags)."""
     def __init__(self, model_path: str | Path, langs: Sequence[str] | None = None):
@@ -708,7 +708,7 @@ class SonarTokenizer:
             raise ValueError(f"ids {bad[:5]} are outside this tokenizer's vocabulary of {self.vocab_size}")
         return self.sp.decode([i - 1 for i in ids if self.layout.is_piece(i) and i not in (BOS_ID, EOS_ID)])
 
-
+# %% ../nbs/05_sonar.ipynb #ccab1f30
 def train_synthetic_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1000,
                               langs: Sequence[str] = ("eng_Latn",), name: str = "synthetic_spm") -> Path:
     """Train a small SentencePiece model (offline, deterministic) for `SonarTokenizer`; -> the `.model` path."""
@@ -740,7 +740,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID, device=None) 
         out[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
     return out
 
-
+# %% ../nbs/05_sonar.ipynb #bd1105ba
 def decoder_loss(decoder: SonarTextDecoder, embeddings: Tensor, tgt_ids: Tensor, label_smoothing: float = 0.0,
                  pad_id: int = PAD_ID) -> Tensor:
     """Teacher-forced mean token cross-entropy of `tgt_ids` `[B, T]` given sentence embeddings `[B, D]`."""
@@ -748,7 +748,7 @@ def decoder_loss(decoder: SonarTextDecoder, embeddings: Tensor, tgt_ids: Tensor,
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt_ids[:, 1:].flatten(),
                            ignore_index=pad_id, label_smoothing=label_smoothing)
 
-
+# %% ../nbs/05_sonar.ipynb #b398908f
 class SignToText(nn.Module):
     """SONAR ASL encoder + SONAR text decoder: features -> sentence embedding -> text."""
     def __init__(self, encoder: SignT5SonarEncoder, decoder: SonarTextDecoder):
@@ -802,7 +802,7 @@ class EncoderLayer(nn.Module):
         x = x + self.dropout(self.self_attn(h, self.self_attn.project_kv(h), key_padding_mask=key_padding_mask))
         return x + self.dropout(self.ffn(self.ffn_layer_norm(x)))
 
-
+# %% ../nbs/05_sonar.ipynb #ccb2d45a
 class TransformerEncoder(nn.Module):
     """The encoder layer stack and its final LayerNorm (fairseq2 `encoder.*` names)."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -810,7 +810,7 @@ class TransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.layer_norm = nn.LayerNorm(cfg.model_dim, eps=cfg.layer_norm_eps)
 
-
+# %% ../nbs/05_sonar.ipynb #ff46e3ce
 class SonarTextEncoder(nn.Module):
     """SONAR text encoder: `encode_source` ids `[B, T]` (right-padded with `PAD_ID`) -> sentence embeddings `[B, D]`."""
     def __init__(self, cfg: SonarTextDecoderConfig):
@@ -839,17 +839,17 @@ class SonarTextEncoder(nn.Module):
         keep = (~pad).unsqueeze(-1).to(x.dtype)                          # [B, T, 1]
         return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)            # mean over real tokens -> [B, D]
 
-
+# %% ../nbs/05_sonar.ipynb #62972f27
 def sonar_text_encoder_basic(**overrides) -> SonarTextEncoder:
     """SONAR's "basic" text encoder sizes (the decoder's: 24 layers, 1024, 16 heads, FFN 8192, vocab 256206)."""
     return SonarTextEncoder(SonarTextDecoderConfig(**overrides))
 
-
+# %% ../nbs/05_sonar.ipynb #2b3038c6
 def sonar_text_encoder_tiny(vocab_size: int, **overrides) -> SonarTextEncoder:
     """The `tiny` preset (the tiny decoder's sizes: dim 256, 2 layers, 4 heads, FFN 512)."""
     return SonarTextEncoder(SonarTextDecoderConfig(**{**TINY_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))
 
-
+# %% ../nbs/05_sonar.ipynb #9135a4db
 def sonar_text_encoder_small(vocab_size: int, **overrides) -> SonarTextEncoder:
     """The `small` preset (the small decoder's sizes)."""
     return SonarTextEncoder(SonarTextDecoderConfig(**{**SMALL_TEXT_SIZES, "vocab_size": vocab_size, **overrides}))

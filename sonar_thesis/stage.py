@@ -92,6 +92,7 @@ def _value(text: str):
             pass
     return {"true": True, "false": False}.get(text.lower(), text)
 
+# %% ../nbs/00b_stage.ipynb #f3d4ca58
 def main(argv: Sequence[str] | None = None) -> Path:
     """`python -m sonar_thesis.stage NOTEBOOK REPORT [-p KEY VALUE]…` (what every stage in dvc.yaml runs)."""
     ap = argparse.ArgumentParser(prog="python -m sonar_thesis.stage", description=main.__doc__)

@@ -50,6 +50,7 @@ def _inside(a: str, b: str) -> bool:
     a, b = a.rstrip("/"), b.rstrip("/")
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
+# %% ../nbs/13d_sweeps.ipynb #5d6d231b
 def upstream_of(stages: list[PipelineStage]) -> dict[str, set[str]]:
     """{stage: the stages whose outputs it reads directly}."""
     return {s.name: {t.name for t in stages if t is not s and any(_inside(d, o) for d in s.deps for o in t.outs)}
@@ -63,6 +64,7 @@ def _closure(start: set[str], edges: dict[str, set[str]]) -> set[str]:
             seen.add(n); todo.append(n)
     return seen
 
+# %% ../nbs/13d_sweeps.ipynb #7edd1765
 def sweep_chain(stages: list[PipelineStage], param: str, until: str = "evaluate") -> list[str]:
     """The stages an experiment changing `param` must rerun to update `until`, in pipeline order."""
     names = [s.name for s in stages]
@@ -100,6 +102,7 @@ def parse_value(text: str):
         raise ValueError(f"{text!r}: a sweep value is one number, string or boolean")
     return v
 
+# %% ../nbs/13d_sweeps.ipynb #8d0fd260
 def check_value(params: dict, key: str, value) -> dict:
     """`params` with `key` set to `value`, validated by the typed config (ConfigError names the key)."""
     *sections, last = key.split(".")
@@ -115,6 +118,7 @@ def experiment_name(param: str, value) -> str:
     """A git-ref-safe experiment name: `sweep-{param}-{value}`."""
     return "sweep-" + re.sub(r"[^A-Za-z0-9._-]+", "_", f"{param}-{value}").strip("._")
 
+# %% ../nbs/13d_sweeps.ipynb #23fe983c
 @dataclass
 class SweepPlan:
     """What a sweep queues: one experiment per value, each rerunning `chain` in a temporary copy."""
@@ -145,6 +149,7 @@ def _get(params: dict, key: str):
         node = node[k]
     return node
 
+# %% ../nbs/13d_sweeps.ipynb #7482b4ee
 def plan_sweep(param: str, values: list, root: str | Path = ".", until: str = "evaluate") -> SweepPlan:
     """Validate the values against the typed config and work out the chain and the paths to copy."""
     root = Path(root)
@@ -170,16 +175,19 @@ def _dvc(args: list[str], root: Path, check: bool = True) -> subprocess.Complete
         raise RuntimeError(f"`{' '.join(args)}` failed in {root}: {(r.stderr or r.stdout).strip()[-1500:]}")
     return r
 
+# %% ../nbs/13d_sweeps.ipynb #ba6ca376
 def baseline_rev(root: str | Path = ".") -> str:
     """The commit experiments are based on (HEAD)."""
     return _dvc(["git", "rev-parse", "HEAD"], Path(root)).stdout.strip()
 
+# %% ../nbs/13d_sweeps.ipynb #8f15d6f8
 def experiment_refs(root: str | Path = ".", rev: str | None = None) -> dict[str, str]:
     """{experiment name: ref} of the experiments based on `rev` (default HEAD)."""
     rev = rev or baseline_rev(root)
     out = _dvc(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/{rev[:2]}/{rev[2:]}/"], Path(root)).stdout
     return {ref.rsplit("/", 1)[1]: ref for ref in out.split()}
 
+# %% ../nbs/13d_sweeps.ipynb #3f8dbe78
 def check_up_to_date(root: str | Path = ".") -> None:
     """Refuse to sweep over a pipeline with stale stages (they would be stale in every experiment)."""
     import json
@@ -188,6 +196,7 @@ def check_up_to_date(root: str | Path = ".") -> None:
         raise RuntimeError(f"{Path(root).resolve() / 'dvc.yaml'}: stages not up to date ({', '.join(sorted(status))}) — "
                            "run `dvc repro` first: a sweep varies one parameter of a finished pipeline")
 
+# %% ../nbs/13d_sweeps.ipynb #711e1214
 def queue_sweep(plan: SweepPlan, root: str | Path = ".") -> list[str]:
     """Queue one experiment per value (replacing this commit's earlier ones of the same names) → the names."""
     root = Path(root)
@@ -198,6 +207,7 @@ def queue_sweep(plan: SweepPlan, root: str | Path = ".") -> list[str]:
         _dvc(plan.queue_command(v), root)
     return plan.names
 
+# %% ../nbs/13d_sweeps.ipynb #1659371f
 def run_queue(root: str | Path = ".", jobs: int = 1) -> float:
     """Run every queued experiment (`jobs` at a time) → wall seconds."""
     t0 = time.perf_counter()
@@ -215,6 +225,7 @@ def _git_json(root: Path, ref: str, path: str):
     r = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
     return json.loads(r.stdout) if r.returncode == 0 else None
 
+# %% ../nbs/13d_sweeps.ipynb #79eb630a
 def collect_sweep(plan: SweepPlan, root: str | Path = ".", systems=SWEEP_SYSTEMS, rev: str | None = None,
                   metrics_dir: str = "metrics") -> dict:
     """Each value's metrics (score + 95 % CI per system) from its experiment ref; missing ones listed as failed."""
@@ -258,6 +269,7 @@ def seed_sd(summary_path: str | Path, systems=SWEEP_SYSTEMS, metric: str = "bleu
 def _label(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
+# %% ../nbs/13d_sweeps.ipynb #c717ba59
 def plot_sweep(result: dict, metric: str = "bleu4", cfg: FiguresConfig | None = None):
     """One point per setting and system with its 95 % bootstrap CI; the default setting marked."""
     cfg = cfg or FiguresConfig()
@@ -287,6 +299,7 @@ def plot_sweep(result: dict, metric: str = "bleu4", cfg: FiguresConfig | None = 
 def _cell(sc: dict, metric: str) -> str:
     return f"{sc[metric]:.1f} [{sc[f'{metric}_ci_low']:.1f}, {sc[f'{metric}_ci_high']:.1f}]"
 
+# %% ../nbs/13d_sweeps.ipynb #481e2d16
 def sweep_note(result: dict) -> str:
     """What the numbers are: data, metric, CIs, seeds, and the time the sweep took."""
     data = ("SYNTHETIC stand-in corpus, NOT How2Sign: the numbers test the pipeline" if result["synthetic"]
@@ -302,6 +315,7 @@ def sweep_note(result: dict) -> str:
         parts.append("Failed: " + ", ".join(str(f["value"]) for f in result["failed"]) + ".")
     return " ".join(parts)
 
+# %% ../nbs/13d_sweeps.ipynb #daffa6bf
 def sweep_table_markdown(result: dict) -> str:
     """The sweep as a Markdown table with its note."""
     cols = [f"{figure_label(s)} {m}" for s in result["systems"] for m in ("BLEU-4", "chrF")]

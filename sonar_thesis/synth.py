@@ -68,9 +68,11 @@ _ADV = ["slowly", "carefully", "gently"]
 def _pick(rng, xs):
     return xs[int(rng.integers(len(xs)))]
 
+# %% ../nbs/01_synth.ipynb #7bf9ef66
 def _maybe(rng, p, xs) -> list[str]:
     return _pick(rng, xs).split() if rng.random() < p else []
 
+# %% ../nbs/01_synth.ipynb #56754918
 _NEWS_WEIGHTS = (0.2, 0.17, 0.17, 0.13, 0.15, 0.08, 0.07, 0.03)   # rarer: templates with few variants
 
 def _news(rng) -> list[str]:
@@ -103,6 +105,7 @@ def _news(rng) -> list[str]:
                                            _pick(rng, ["city", "market", "president", "police"])]
     return ["this", "is", "the", "news"] + _maybe(rng, 0.8, _NEWS_TIME)
 
+# %% ../nbs/01_synth.ipynb #7ee6021c
 def _howto(rng) -> list[str]:
     k, very = int(rng.integers(11)), (["very"] if rng.random() < 0.3 else [])
     seq = _maybe(rng, 0.7, _SEQ)
@@ -132,6 +135,7 @@ def _howto(rng) -> list[str]:
         return ["many", "people", v, "the", o] + _maybe(rng, 0.5, _ADV)
     return ["today", "we", "will", v, "the", o]
 
+# %% ../nbs/01_synth.ipynb #f9014102
 def sample_sentence(domain: str, rng: np.random.Generator) -> list[str]:
     """One sentence (3–8 lowercase words) from the domain's grammar."""
     if domain not in DOMAINS:
@@ -141,6 +145,7 @@ def sample_sentence(domain: str, rng: np.random.Generator) -> list[str]:
         if 3 <= len(words) <= 8:
             return words
 
+# %% ../nbs/01_synth.ipynb #1a187731
 def sentence_text(words: list[str]) -> str:
     """Words → reference text: first word capitalised, final period."""
     s = " ".join(words)
@@ -165,6 +170,7 @@ def hand_keypoints(shape: str | tuple[float, ...]) -> np.ndarray:
     """[21, 2] canonical keypoints (right hand, palm to camera, fingers up, palm centre at 0) for a handshape."""
     return _hand_keypoints(tuple(float(v) for v in (HANDSHAPES[shape] if isinstance(shape, str) else shape))).copy()
 
+# %% ../nbs/01_synth.ipynb #df5f5a47
 @lru_cache(maxsize=None)
 def _hand_keypoints(ext: tuple[float, ...]) -> np.ndarray:
     ext = np.asarray(ext, dtype=np.float64)
@@ -221,6 +227,7 @@ class Sign:
     base_handshape: str    # non-dominant handshape when two_hand == "base"
     base_colour: str       # non-dominant palm colour when two_hand == "base"
 
+# %% ../nbs/01_synth.ipynb #f82f9774
 @lru_cache(maxsize=1)
 def _sign_table() -> dict[str, Sign]:
     rng = np.random.default_rng(_SIGN_TABLE_SEED)
@@ -245,6 +252,7 @@ def _sign_table() -> dict[str, Sign]:
             base_colour=cols[(cue[2] + 1 + int(rng.integers(len(cols) - 1))) % len(cols)])
     return table
 
+# %% ../nbs/01_synth.ipynb #d7fee2ad
 def sign_for_word(word: str) -> Sign:
     """The (fixed) sign of a vocabulary word."""
     table = _sign_table()
@@ -269,16 +277,19 @@ class _Hand:
     colour: int = -1      # PALM_COLOURS index, -1 = bare skin
     pattern: int = 0
 
+# %% ../nbs/01_synth.ipynb #dbde0279
 def _lerp_hand(a: _Hand, b: _Hand, s: float) -> _Hand:
     c = a if s < 0.5 else b
     return _Hand(a.x + (b.x - a.x) * s, a.y + (b.y - a.y) * s, a.ang + (b.ang - a.ang) * s,
                  a.kp + (b.kp - a.kp) * s, c.colour, c.pattern)
 
+# %% ../nbs/01_synth.ipynb #835ca3ba
 def _rest_pose() -> tuple[_Hand, _Hand]:
     kp = _hand_keypoints(REST_HANDSHAPE)
     a = math.pi - 0.3
     return (_Hand(-0.8, 3.8, a, kp), _Hand(0.8, 3.8, -a, kp))
 
+# %% ../nbs/01_synth.ipynb #42a232ad
 def _motion_offset(sg: Sign, tau: float) -> tuple[float, float]:
     """Offset (signer units) of the dominant palm at τ ∈ [0, 1] of sign `sg`."""
     c, s, A = math.cos(sg.direction), math.sin(sg.direction), sg.amplitude
@@ -298,11 +309,13 @@ def _motion_offset(sg: Sign, tau: float) -> tuple[float, float]:
     k = 0.35 * A * abs(math.sin(2 * math.pi * tau))        # tap: twice toward `direction`
     return (k * c, k * s)
 
+# %% ../nbs/01_synth.ipynb #0cf98509
 def _keep_off_face(x: float, y: float) -> tuple[float, float]:
     x = min(max(x, -1.9), 1.9)
     y = min(max(y, 1.25 if abs(x) < 1.15 else 0.6), 3.3)
     return x, y
 
+# %% ../nbs/01_synth.ipynb #9c04cbb7
 def _sign_pose(sg: Sign, tau: float) -> tuple[_Hand, _Hand]:
     """(dominant, non-dominant) hand states of sign `sg` at τ."""
     lx, ly = SIGN_LOCATIONS[sg.location]
@@ -323,9 +336,11 @@ def _sign_pose(sg: Sign, tau: float) -> tuple[_Hand, _Hand]:
         nd = _rest_pose()[1]
     return dom, nd
 
+# %% ../nbs/01_synth.ipynb #b0bb42df
 def _n(seconds: float, fps: int, speed: float = 1.0, lo: int = 2) -> int:
     return max(lo, int(round(seconds * fps / speed)))
 
+# %% ../nbs/01_synth.ipynb #a560090b
 def build_timeline(sentences: list[list[str]], speeds: list[float], fps: int, seed: int) -> dict:
     """Per-frame hand states of a video: `states` (list of (dominant, non-dominant)), sentence `spans` [(f0, f1)],
     and `word_spans` [(f0, f1)] of every sign (in sentence order), all in video frames."""
@@ -388,6 +403,7 @@ def astronaut_head() -> tuple[np.ndarray, np.ndarray]:
     alpha = cv2.GaussianBlur(m, (7, 7), 0).astype(np.float32) / 255
     return crop.astype(np.float32), alpha
 
+# %% ../nbs/01_synth.ipynb #89a86781
 @dataclass(frozen=True)
 class Signer:
     """Appearance and place of one rendered signer."""
@@ -400,6 +416,7 @@ class Signer:
     scale: float                          # size multiplier
     short_sleeves: bool = False           # forearms show the skin tone
 
+# %% ../nbs/01_synth.ipynb #f8fe1bff
 _SHIRTS = [(35, 45, 80), (60, 60, 66), (100, 30, 42), (82, 88, 42), (96, 64, 44), (28, 82, 88), (24, 24, 28), (70, 46, 96)]
 _SKINS = [(241, 194, 160), (198, 134, 96), (141, 85, 54), (255, 219, 172), (170, 110, 75), (120, 76, 50)]
 SOURCE_SIGNER = Signer("src0", _SHIRTS[0], SOURCE_SKIN, (1.0, 1.0, 1.0), 1.0, 0.33, 1.0)
@@ -491,6 +508,7 @@ class Layout:
         """Signer units [..., 2] → full-frame pixels."""
         return np.stack([self.cx + self.U * pts[..., 0], self.cy + self.U * pts[..., 1]], -1)
 
+# %% ../nbs/01_synth.ipynb #6d95586a
 def make_layout(signer: Signer, width: int, height: int, dx: float = 0.0, ds: float = 1.0) -> Layout:
     """Place `signer` in a width×height frame, shifted by dx (fraction of width) and scaled by ds."""
     U = min(height / 6.0, width / 7.0) * float(np.clip(signer.scale * ds, 0.8, 1.15))
@@ -503,6 +521,7 @@ def make_layout(signer: Signer, width: int, height: int, dx: float = 0.0, ds: fl
     left, top = round(cx - fx * k), round(_FACE_Y * U - fy * k)
     return Layout(left + fx * k, top + fy * k, U, width, height)
 
+# %% ../nbs/01_synth.ipynb #893df702
 def _blend(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
     """Alpha-blend float src [h, w, 3] into uint8 dst at (x0, y0), clipped to dst."""
     h, w = alpha.shape
@@ -514,9 +533,11 @@ def _blend(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray, x0: int, y0: int
     d = dst[Y0:Y1, X0:X1].astype(np.float32)
     dst[Y0:Y1, X0:X1] = np.clip(s * a + d * (1 - a) + 0.5, 0, 255).astype(np.uint8)
 
+# %% ../nbs/01_synth.ipynb #c7dd4aa3
 def _shade(c, f):
     return tuple(float(min(255, v * f)) for v in c)
 
+# %% ../nbs/01_synth.ipynb #ced54391
 def static_layer(background: np.ndarray, signer: Signer, layout: Layout) -> np.ndarray:
     """Background + torso + head (everything that does not move)."""
     img = background.copy()
@@ -535,6 +556,7 @@ def static_layer(background: np.ndarray, signer: Signer, layout: Layout) -> np.n
     _blend(img, face, a, round(layout.cx - fx * k), round(layout.cy - fy * k))
     return img
 
+# %% ../nbs/01_synth.ipynb #d291bbe9
 def _hands_units(states: list[tuple[_Hand, _Hand]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """States → keypoints [F, 2, 21, 2] (signer units; hand 0 = left, 1 = right), colours, patterns [F, 2]."""
     F = len(states)
@@ -550,6 +572,7 @@ def _hands_units(states: list[tuple[_Hand, _Hand]]) -> tuple[np.ndarray, np.ndar
             col[f, h], pat[f, h] = hand.colour, hand.pattern
     return kp, col, pat
 
+# %% ../nbs/01_synth.ipynb #ebb568ff
 def _elbows(shoulder: np.ndarray, wrist: np.ndarray, side: float) -> np.ndarray:
     """Two-link IK, vectorised: elbow [F, 2] for shoulder [2] and wrists [F, 2]; `side` = +1 image right arm."""
     L1, L2 = _ARM
@@ -563,6 +586,7 @@ def _elbows(shoulder: np.ndarray, wrist: np.ndarray, side: float) -> np.ndarray:
     score = lambda e: e[:, 1] + 0.5 * side * e[:, 0]          # elbows hang down and outward
     return np.where((score(e1) >= score(e2))[:, None], e1, e2)
 
+# %% ../nbs/01_synth.ipynb #8485b42d
 def pose_units(hands: np.ndarray) -> np.ndarray:
     """MediaPipe Pose landmarks 0–24 [F, 25, 2] (signer units) from hand keypoints [F, 2, 21, 2]."""
     F = hands.shape[0]
@@ -583,6 +607,7 @@ def pose_units(hands: np.ndarray) -> np.ndarray:
     pose[:, 23], pose[:, 24] = (0.8, 5.3), (-0.8, 5.3)
     return pose
 
+# %% ../nbs/01_synth.ipynb #30025e4a
 def _draw_hand(img, kp_px, skin, colour, pattern, U):
     P = np.round(kp_px * 16).astype(np.int32)
     sk = tuple(float(v) for v in skin)
@@ -613,6 +638,7 @@ def _draw_hand(img, kp_px, skin, colour, pattern, U):
             b = np.round((centre + d * off * r + n * r * 0.9) * 16).astype(int)
             cv2.line(img, tuple(a), tuple(b), dark, max(1, round(0.06 * U)), cv2.LINE_AA, shift=4)
 
+# %% ../nbs/01_synth.ipynb #776aabc5
 def draw_frame(static: np.ndarray, signer: Signer, layout: Layout, hands_px: np.ndarray, pose_px: np.ndarray,
                colours: np.ndarray, patterns: np.ndarray) -> np.ndarray:
     """One frame [H, W, 3] uint8: static layer + arms + hands (hands_px [2, 21, 2], pose_px [25, 2])."""
@@ -656,6 +682,7 @@ def render_video(plan: dict) -> tuple[Iterator[np.ndarray], dict]:
         "word_frames": np.array(tl["word_spans"], np.int32).reshape(-1, 2)}}
     return frames(), info
 
+# %% ../nbs/01_synth.ipynb #154d7b07
 def video_plan(sentences: list[list[str]], signer: Signer = SOURCE_SIGNER, background: str = "plain",
                speeds: Optional[list[float]] = None, width: int = 480, height: int = 270, fps: int = 25,
                seed: int = 0, dx: float = 0.0, ds: float = 1.0) -> dict:
@@ -664,6 +691,7 @@ def video_plan(sentences: list[list[str]], signer: Signer = SOURCE_SIGNER, backg
             "sentences": [list(s) for s in sentences], "speeds": speeds or [1.0] * len(sentences),
             "seed": seed, "width": width, "height": height, "fps": fps}
 
+# %% ../nbs/01_synth.ipynb #57faf445
 def render_sentence_frames(words: list[str], signer: Signer = SOURCE_SIGNER, background: str = "plain",
                            speed: float = 1.0, width: int = 480, height: int = 270, fps: int = 25,
                            seed: int = 0) -> tuple[np.ndarray, dict]:
@@ -700,6 +728,7 @@ def write_video(path: str | Path, frames, fps: int, width: int, height: int, crf
                 c.mux(p)
     return n
 
+# %% ../nbs/01_synth.ipynb #8ca9d898
 def save_npz(path: str | Path, **arrays) -> Path:
     """np.savez_compressed with fixed zip timestamps (byte-reproducible), written atomically."""
     with atomic_path(path) as tmp:
@@ -712,6 +741,7 @@ def save_npz(path: str | Path, **arrays) -> Path:
                 z.writestr(info, buf.getvalue())
     return Path(path)
 
+# %% ../nbs/01_synth.ipynb #1ece93ba
 def write_how2sign_csv(path: str | Path, rows: list[dict]) -> Path:
     """How2Sign's annotation format: tab-separated, CRLF line endings, CSV_COLUMNS header."""
     with atomic_write(path, newline="", encoding="utf-8") as f:
@@ -748,6 +778,7 @@ def _check_config(cfg: SynthConfig) -> None:
     if bad:
         raise ValueError("; ".join(bad))
 
+# %% ../nbs/01_synth.ipynb #fbb87332
 def plan_corpus(cfg: SynthConfig, seed: Optional[int] = None) -> list[dict]:
     """Every video of the corpus as a plan dict (with `domain`, `split`, `video_id`), in a fixed order."""
     _check_config(cfg)
@@ -784,6 +815,7 @@ def plan_corpus(cfg: SynthConfig, seed: Optional[int] = None) -> list[dict]:
 def _plan_key(plan: dict) -> str:
     return hashlib.sha256((GENERATOR_VERSION + json.dumps(plan, sort_keys=True)).encode()).hexdigest()[:16]
 
+# %% ../nbs/01_synth.ipynb #af3a8adb
 def _render_job(job: dict) -> dict:
     """Worker: render, encode and save one video (skipped when its outputs exist with the same plan key)."""
     cv2.setNumThreads(1)
@@ -806,9 +838,11 @@ def _render_job(job: dict) -> dict:
     return {"index": job["index"], "n_frames": n, "spans": [list(s) for s in info["spans"]],
             "word_spans": info["keypoints"]["word_frames"].tolist(), "skipped": False}
 
+# %% ../nbs/01_synth.ipynb #b7a5bd43
 def _stat(xs: list[float]) -> float:
     return round(float(np.mean(xs)), 3) if xs else 0.0
 
+# %% ../nbs/01_synth.ipynb #8e040059
 def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, seed: Optional[int] = None,
                     workers: int = 2, progress: bool = True, resume: bool = True) -> dict:
     """Render the two-domain synthetic corpus in How2Sign's layout under `output_dir`; returns the summary."""
@@ -898,6 +932,7 @@ def crop_box(face_box, expand_lr: float = 1.5, expand_up: float = 1.0, expand_do
     cx, cy = (X0 + X1) / 2, (Y0 + Y1) / 2
     return tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
 
+# %% ../nbs/01_synth.ipynb #0baf3502
 def signer_crop(frame: np.ndarray, face_box, size: int = 64) -> np.ndarray:
     """The signer crop (black outside the frame) resized to size×size."""
     x0, y0, x1, y1 = crop_box(face_box)
@@ -907,6 +942,7 @@ def signer_crop(frame: np.ndarray, face_box, size: int = 64) -> np.ndarray:
     canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = frame[sy0:sy1, sx0:sx1]
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
+# %% ../nbs/01_synth.ipynb #c1eda896
 def example_grid(words: list[str] = ("then", "mix", "the", "flour", "slowly"), n_target: int = 4, seed: int = 0):
     """A matplotlib figure: mid-sign frames and 64×64 crops of the source signer and `n_target` target signers."""
     import matplotlib.pyplot as plt

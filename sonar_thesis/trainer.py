@@ -49,7 +49,7 @@ class TrainableModel(Protocol):
 
     def training_loss(self, batch: Any) -> torch.Tensor | Mapping[str, torch.Tensor]: ...
 
-
+# %% ../nbs/08_trainer.ipynb #73f9c7bd
 def _split_loss(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`training_loss` output → (loss, extra scalars to log)."""
     if isinstance(out, torch.Tensor):
@@ -65,7 +65,7 @@ def _split_loss(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                          f"{tuple(loss.shape)}")
     return loss, extras
 
-
+# %% ../nbs/08_trainer.ipynb #e7aaf662
 class _LossForward(nn.Module):
     """Routes `forward` to `training_loss`, so DistributedDataParallel's hooks see the call."""
 
@@ -115,7 +115,7 @@ def resolve_precision(mode: str, device: torch.device) -> Literal["bf16", "fp16"
         return "bf16"
     return "no"
 
-
+# %% ../nbs/08_trainer.ipynb #53b946ad
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -142,7 +142,7 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-
+# %% ../nbs/08_trainer.ipynb #17d46ed6
 def setup_distributed(device_pref: str = "auto", timeout_minutes: float = 60.0) -> tuple[DistInfo, torch.device]:
     """Join the torchrun job described by the environment (if any); return (DistInfo, device)."""
     if dist.is_available() and dist.is_initialized():
@@ -159,7 +159,7 @@ def setup_distributed(device_pref: str = "auto", timeout_minutes: float = 60.0) 
         info.initialized_here = True
     return info, device
 
-
+# %% ../nbs/08_trainer.ipynb #ead44c83
 def _broadcast(obj: Any, info: DistInfo) -> Any:
     """Rank 0's `obj` on every rank (a barrier as well)."""
     if not info.enabled:
@@ -168,7 +168,7 @@ def _broadcast(obj: Any, info: DistInfo) -> Any:
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
+# %% ../nbs/08_trainer.ipynb #671446f0
 def _all_gather(obj: Any, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]
@@ -261,7 +261,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         raise ValueError("the model has no trainable parameters (every requires_grad is False)")
     return groups
 
-
+# %% ../nbs/08_trainer.ipynb #6669f28b
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
     """`training.optimizer` over the trainable parameters, with the decay rule above (see the table)."""
     groups = param_groups(model, weight_decay)
@@ -292,14 +292,14 @@ class WarmupCosine:
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
+# %% ../nbs/08_trainer.ipynb #df4761e4
 def effective_warmup(warmup_steps: int, total_steps: int, cap_fraction: float = 0.1) -> int:
     """`warmup_steps`, capped at `cap_fraction` of the run (at least 1 step when warmup is on)."""
     if warmup_steps <= 0:
         return 0
     return min(warmup_steps, max(1, int(cap_fraction * total_steps)))
 
-
+# %% ../nbs/08_trainer.ipynb #0ba687f9
 def make_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                    cap_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR with `WarmupCosine`, stepped once per optimizer step."""
@@ -312,11 +312,11 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """torch.save `payload` atomically and reproducibly (same payload, same bytes)."""
     return save_torch(payload, path)
 
-
+# %% ../nbs/08_trainer.ipynb #fed7b623
 class CheckpointReadError(RuntimeError):
     """A trainer checkpoint that cannot be loaded (truncated, corrupt, or pickling more than tensors)."""
 
-
+# %% ../nbs/08_trainer.ipynb #b2dc2243
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a trainer checkpoint (`weights_only=True`); a broken or non-tensor file is one line naming it."""
     path = Path(path)
@@ -335,7 +335,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                   f"delete it to train afresh")
     return ckpt
 
-
+# %% ../nbs/08_trainer.ipynb #f0f6fb22
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Load the `model` entry of a trainer checkpoint (`best.pt`, `last.pt`, `checkpoints/*.pt`) into `model`;
     the frozen tensors a checkpoint leaves out are checked against its `frozen` reference (see below)."""
@@ -346,7 +346,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         model.load_state_dict(ck["model"], strict=strict)
     return model
 
-
+# %% ../nbs/08_trainer.ipynb #5913714a
 def _cpu_state_dict(model: nn.Module, keys: Iterable[str] | None = None) -> dict:
     """CPU copies of the state dict (only `keys` when given); a tied tensor is copied once, so saved once."""
     sd = model.state_dict(keep_vars=True)
@@ -356,7 +356,7 @@ def _cpu_state_dict(model: nn.Module, keys: Iterable[str] | None = None) -> dict
             copies[id(sd[k])] = sd[k].detach().to("cpu", copy=True)
     return {k: copies[id(sd[k])] for k in (sd if keys is None else keys)}
 
-
+# %% ../nbs/08_trainer.ipynb #cc8f2332
 def _link_or_copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         tmp.unlink()
@@ -382,7 +382,7 @@ def rng_state(device: torch.device | None = None) -> dict:
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
-
+# %% ../nbs/08_trainer.ipynb #511c4f03
 def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     """Restore what `rng_state` captured."""
     random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
@@ -392,7 +392,7 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     if device is not None and device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
-
+# %% ../nbs/08_trainer.ipynb #2612a2de
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -407,7 +407,7 @@ def split_state_keys(model: nn.Module) -> tuple[list[str], list[str]]:
         (frozen if isinstance(v, nn.Parameter) and not v.requires_grad else kept).append(k)
     return kept, frozen
 
-
+# %% ../nbs/08_trainer.ipynb #20f0e6cb
 def frozen_reference(model: nn.Module, keys: Sequence[str]) -> dict:
     """`{"keys", "numel", "sha256"}` of the frozen tensors `keys` (name, dtype, shape and bytes; tied ones once)."""
     sd = model.state_dict(keep_vars=True)
@@ -427,7 +427,7 @@ def frozen_reference(model: nn.Module, keys: Sequence[str]) -> dict:
             h.update(flat.view(torch.uint8).numpy())
     return {"keys": list(keys), "numel": numel, "sha256": h.hexdigest()}
 
-
+# %% ../nbs/08_trainer.ipynb #ca624e3a
 def load_trimmed(model: nn.Module, state: Mapping[str, torch.Tensor], frozen: Mapping | None,
                  where: str = "checkpoint", verify: bool = True) -> nn.Module:
     """Load a checkpoint's model entry that leaves out `frozen["keys"]`, after checking the model's frozen
@@ -448,7 +448,6 @@ def load_trimmed(model: nn.Module, state: Mapping[str, torch.Tensor], frozen: Ma
                            f"it was written for another model or another freezing")
     return model
 
-
 # %% ../nbs/08_trainer.ipynb #a159b916
 def metric_direction(name: str) -> Literal["max", "min"]:
     """Whether a larger or a smaller value of metric `name` is better."""
@@ -460,7 +459,7 @@ def metric_direction(name: str) -> Literal["max", "min"]:
     raise ValueError(f"training.early_stopping_metric {name!r}: cannot tell whether higher or lower is "
                      f"better — pass metric_mode='max' or 'min' to train()")
 
-
+# %% ../nbs/08_trainer.ipynb #3bbdcb2c
 class BestTracker:
     """Metric history, best value/step, patience counter and the best-k list (all plain, checkpointable)."""
 
@@ -525,7 +524,7 @@ class TrainResult:
     stopped_early: bool
     history: list[dict] = field(default_factory=list)   # one entry per validation: step, epoch, metrics
 
-
+# %% ../nbs/08_trainer.ipynb #9fb65ea8
 @dataclass
 class StepInfo:
     """Passed to the `on_step` callback after each optimizer step (on every rank)."""
@@ -553,7 +552,7 @@ def _switch_checkpointing(m: nn.Module, enabled: bool) -> bool:
         return True
     return False
 
-
+# %% ../nbs/08_trainer.ipynb #8f0a3b10
 def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> list[str]:
     """Toggle gradient checkpointing on `model`, or else on every outermost sub-module that has a switch
     (Hugging Face models, SignHiera, the SONAR text decoder); returns the names of the switched modules."""
@@ -570,7 +569,7 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> list[str]:
                       f"sub-modules has gradient_checkpointing_enable() or a gradient_checkpointing attribute; ignored")
     return switched
 
-
+# %% ../nbs/08_trainer.ipynb #437bd5fa
 def inputs_fingerprint(paths: Iterable[str | Path]) -> str:
     """sha256 over the contents of input files (folders: every file inside, sorted) — pass it as a
     `fingerprint` extra, so a finished run is not reused after its inputs changed (DVC reruns the stage,
@@ -582,14 +581,14 @@ def inputs_fingerprint(paths: Iterable[str | Path]) -> str:
             h.update(f"{f}\0{sha256sum(f) if f.is_file() else 'missing'}\n".encode())
     return h.hexdigest()
 
-
+# %% ../nbs/08_trainer.ipynb #53b9a61d
 def model_signature(model: nn.Module) -> str:
     """sha1 of the model class and every parameter's name, shape and trainability: another architecture or
     another freezing is another experiment, even under the same hyper-parameters."""
     lines = [type(model).__name__] + [f"{n}:{tuple(p.shape)}:{p.requires_grad}" for n, p in model.named_parameters()]
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
-
+# %% ../nbs/08_trainer.ipynb #4c2ce608
 def _fingerprint(stage: StageConfig, training: TrainingConfig, hardware: HardwareConfig, seed: int,
                  n_items: int, global_batch: int, max_steps: int | None, extra: Mapping | None,
                  model: nn.Module | None = None) -> str:
@@ -601,7 +600,7 @@ def _fingerprint(stage: StageConfig, training: TrainingConfig, hardware: Hardwar
           "model": model_signature(model) if model is not None else None}
     return json.dumps(fp, sort_keys=True, default=str)
 
-
+# %% ../nbs/08_trainer.ipynb #59083f0e
 def _truncate_dvclive(live_dir: Path, step: int) -> None:
     """Drop dvclive plot rows logged after `step` (they will be logged again by the resumed run)."""
     metrics = live_dir / "plots" / "metrics"
@@ -618,12 +617,12 @@ def _truncate_dvclive(live_dir: Path, step: int) -> None:
             with atomic_path(tsv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
                 csv.writer(f, delimiter="\t", lineterminator=os.linesep).writerows(kept)
 
-
+# %% ../nbs/08_trainer.ipynb #20522fb1
 def _say(msg: str, info: DistInfo | None = None) -> None:
     if info is None or info.is_main:
         tqdm.write(f"[trainer] {msg}")
 
-
+# %% ../nbs/08_trainer.ipynb #386f0638
 class _Loggers:
     """dvclive (+ optional wandb) on rank 0; no-ops elsewhere."""
 
@@ -717,7 +716,7 @@ def train(
         if created_group and dist.is_initialized():
             dist.destroy_process_group()
 
-
+# %% ../nbs/08_trainer.ipynb #248981f1
 def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_cfg, collate_fn, lengths, validate,
            seed, resume, max_steps, mode, on_step, progress, run_name, fingerprint, dvclive, live_dir,
            live_kwargs, warmup_cap_fraction, megabatches, ddp_find_unused_parameters, info, device) -> TrainResult:

@@ -57,6 +57,7 @@ def build_translator(preset: str, vocab_size: int | None = None, dropout: float 
                         "small": (sonar_encoder_small, sonar_text_decoder_small)}[preset]
     return SignToText(encoder(PRESETS[preset].feature_dim, dropout_rate=dropout), decoder(vocab_size, dropout_p=dropout))
 
+# %% ../nbs/09_translate.ipynb #7747ee93
 def build_text_encoder(preset: str, vocab_size: int | None = None, dropout: float = 0.0) -> SonarTextEncoder:
     """SONAR text encoder at `preset` sizes (the teacher; tiny/small need the tokenizer's `vocab_size`)."""
     if preset == "sonar":
@@ -65,6 +66,7 @@ def build_text_encoder(preset: str, vocab_size: int | None = None, dropout: floa
         raise ValueError(f"the {preset} text encoder's vocabulary comes from the tokenizer: pass vocab_size")
     return {"tiny": sonar_text_encoder_tiny, "small": sonar_text_encoder_small}[preset](vocab_size, dropout_p=dropout)
 
+# %% ../nbs/09_translate.ipynb #16509902
 @dataclass
 class Pretrained:
     """The three pretrained models and the tokenizer (+ the text encoder, when asked for)."""
@@ -73,6 +75,7 @@ class Pretrained:
     tokenizer: SonarTokenizer
     text_encoder: SonarTextEncoder | None = None
 
+# %% ../nbs/09_translate.ipynb #10d46786
 def _text_encoder_path(cfg: Config) -> Path:
     p = cfg.model.text_encoder
     if not p or not Path(p).is_file():
@@ -83,6 +86,7 @@ def _text_encoder_path(cfg: Config) -> Path:
                                 f"params.yaml, or set the weight to 0")
     return Path(p)
 
+# %% ../nbs/09_translate.ipynb #81558677
 def load_pretrained(cfg: Config, signhiera: str | None = None, encoder: str | None = None,
                     decoder: str | None = None, device: str | torch.device = "cpu", strict: bool = True,
                     text_encoder: bool = False) -> Pretrained:
@@ -117,6 +121,7 @@ def decoder_vocab_rows(path: str | Path) -> int | None:
             return int(sd[key].shape[0])
     return None                                                      # another layout: load_published explains it
 
+# %% ../nbs/09_translate.ipynb #a4587836
 def check_tokenizer_fits(tokenizer: SonarTokenizer, decoder: str | Path, synthetic: bool = False) -> None:
     """Raise (naming both files) unless `len(tokenizer)` equals the decoder checkpoint's embedding rows."""
     rows = decoder_vocab_rows(decoder)
@@ -143,17 +148,20 @@ def iter_clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None
             f = np.stack([crop_frame(x, box, sizes.crop_size, bilinear=mode == "reference") for x in f])
         yield f, pad
 
+# %% ../nbs/09_translate.ipynb #5ce9e083
 def clip_windows(path: str | Path, sizes: Preset, box: Sequence[int] | None = None,
                  overlap: float = 0.5, mode: str = "resample") -> tuple[np.ndarray, np.ndarray]:
     """All windows of a clip: uint8 `[W, T, H, W, 3]` and padding `[W, T]` (training clips; `stream_features` for long ones)."""
     frames, pads = zip(*iter_clip_windows(path, sizes, box, overlap, mode))
     return np.stack(frames), np.stack(pads)
 
+# %% ../nbs/09_translate.ipynb #7c26e237
 def normalize_windows(frames: torch.Tensor, sizes: Preset) -> torch.Tensor:
     """uint8 `[W, T, H, W, 3]` → float `[W, 3, T, H, W]`, (x/255 − mean)/std (on frames' device)."""
     x = frames.permute(0, 4, 1, 2, 3).float().div_(255.0)
     return x.sub_(sizes.mean).div_(sizes.std)
 
+# %% ../nbs/09_translate.ipynb #34df4fd0
 def clip_units(signhiera: SignHiera, sizes: Preset, frames: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor,
                n_clips: int, policy: str = "concat", overlap: float = 0.5) -> list[torch.Tensor]:
     """uint8 windows `[W, T, H, W, 3]`, pad `[W, T]`, owner `[W]` → per clip `[N_b, C]` (padded units dropped).
@@ -167,6 +175,7 @@ def clip_units(signhiera: SignHiera, sizes: Preset, frames: torch.Tensor, pad: t
         per_clip.append(merge_windows([out.features[w][out.valid[w]] for w in ws], policy, U, stride))
     return per_clip
 
+# %% ../nbs/09_translate.ipynb #9f1ba669
 class SignStack(nn.Module):
     """SignHiera + SONAR encoder/decoder trained end to end from clips (stage 1)."""
     def __init__(self, signhiera: SignHiera, translator: SignToText, sizes: Preset,
@@ -192,6 +201,7 @@ class SignStack(nn.Module):
         feats, mask = self.features(batch["frames"], batch["pad"], batch["owner"], len(batch["tgt"]))
         return self.translator.translate(feats, mask, tokenizer, lang, beam_size, max_len)
 
+# %% ../nbs/09_translate.ipynb #c0db086b
 def words_of(text: str) -> list[str]:
     """Lower-cased words without punctuation."""
     return re.findall(r"[a-z0-9']+", text.lower())
@@ -246,10 +256,12 @@ def _encode_target(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> l
     ids = tok.encode_target(text, lang)
     return ids if len(ids) <= max_len else ids[: max_len - 1] + [ids[-1]]
 
+# %% ../nbs/09_translate.ipynb #17c7b2bc
 def _encode_source(tok: SonarTokenizer, text: str, lang: str, max_len: int) -> list[int]:
     ids = tok.encode_source(text, lang)
     return ids if len(ids) <= max_len else ids[: max_len - 1] + [ids[-1]]
 
+# %% ../nbs/09_translate.ipynb #73dc4b57
 class ClipDataset(Dataset):
     """Windows of each clip in a crops manifest + target ids."""
     def __init__(self, manifest: str | Path, tokenizer: SonarTokenizer, sizes: Preset, lang: str = "eng_Latn",
@@ -282,6 +294,7 @@ class ClipDataset(Dataset):
         return dict(frames=torch.from_numpy(frames), pad=torch.from_numpy(pad), tgt=self.tgt[i],
                     id=self.rows[i]["id"], reference=self.rows[i]["translation"])
 
+# %% ../nbs/09_translate.ipynb #ca32c18a
 def collate_clips(items: list[dict]) -> dict:
     """Windows of all clips stacked, with `owner` mapping window → clip; targets right-padded."""
     return dict(frames=torch.cat([it["frames"] for it in items]), pad=torch.cat([it["pad"] for it in items]),
@@ -289,6 +302,7 @@ def collate_clips(items: list[dict]) -> dict:
                 tgt=pad_batch([it["tgt"] for it in items], PAD_ID), id=[it["id"] for it in items],
                 reference=[it["reference"] for it in items])
 
+# %% ../nbs/09_translate.ipynb #7afdec76
 class FeatureDataset(Dataset):
     """Stored SignHiera features of an extraction folder (`lengths.tsv`) + target ids."""
     def __init__(self, feature_dir: str | Path, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
@@ -323,6 +337,7 @@ class FeatureDataset(Dataset):
             item["teacher"] = self.teacher[i]
         return item
 
+# %% ../nbs/09_translate.ipynb #f82f5b9b
 def collate_features(items: list[dict]) -> dict:
     """Right-pad features `[B, N, C]` with mask `[B, N]` and targets `[B, L]` (+ teacher embeddings `[B, D]`)."""
     feats = pad_sequence([it["features"] for it in items], batch_first=True)
@@ -348,28 +363,33 @@ def text_embeddings(text_encoder: SonarTextEncoder, tokenizer: SonarTokenizer, t
     text_encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, text_encoder.cfg.model_dim)
 
+# %% ../nbs/09_translate.ipynb #4ae7c064
 def attach_teacher(dataset: Dataset, text_encoder: SonarTextEncoder, tokenizer: SonarTokenizer,
                    lang: str = "eng_Latn") -> Dataset:
     """Give a feature dataset (with `references`) the teacher embedding of every reference; returns it."""
     dataset.teacher = text_embeddings(text_encoder, tokenizer, dataset.references, lang)
     return dataset
 
+# %% ../nbs/09_translate.ipynb #f9a87783
 def embedding_distance(predicted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distance `[B, D]` vs `[B, D]`, summed over D, mean over the batch."""
     return (predicted.float() - teacher.float()).pow(2).sum(-1).mean()
 
+# %% ../nbs/09_translate.ipynb #69526b28
 def freeze(module: nn.Module, frozen: bool = True) -> nn.Module:
     """Set `requires_grad = not frozen` on every parameter of `module`."""
     for p in module.parameters():
         p.requires_grad_(not frozen)
     return module
 
+# %% ../nbs/09_translate.ipynb #8cacaa71
 def _eval_frozen(root: nn.Module) -> None:
     for m in root.modules():
         params = list(m.parameters(recurse=True))
         if m is not root and params and not any(p.requires_grad for p in params):
             m.eval()
 
+# %% ../nbs/09_translate.ipynb #b02388cd
 class FrozenEval:
     """Mixin: after `train()`, fully frozen sub-modules go back to eval mode."""
     def train(self, mode: bool = True):
@@ -378,6 +398,7 @@ class FrozenEval:
             _eval_frozen(self)
         return self
 
+# %% ../nbs/09_translate.ipynb #48fc1b61
 class FeatureModel(FrozenEval, nn.Module):
     """SONAR encoder + decoder trained on stored features (pretraining's translation phase, stage 2, ablation)."""
     def __init__(self, translator: SignToText, label_smoothing: float = 0.0, embedding_loss_weight: float = 0.0):
@@ -419,6 +440,7 @@ def bleu_validator(dataset: Dataset, collate, tokenizer: SonarTokenizer, lang: s
         return {"bleu_4": float(bleu), "val_loss": float(np.mean(losses))}
     return validate
 
+# %% ../nbs/09_translate.ipynb #690ec77f
 def _to(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -496,6 +518,7 @@ def crops_manifest(cfg: Config, domain: str, split: str) -> Path:
     """Where `03_video` wrote the signer-crop manifest of a domain/split."""
     return Path(cfg.preprocess.output_dir) / domain / f"{split}.tsv"
 
+# %% ../nbs/09_translate.ipynb #48ba430a
 def split_texts(cfg: Config, split: str) -> list[str]:
     """The translations of a split in every domain (the stand-in's "general English" text)."""
     texts = []
@@ -505,6 +528,7 @@ def split_texts(cfg: Config, split: str) -> list[str]:
             texts += [r["translation"] for r in read_tsv(p)]
     return texts
 
+# %% ../nbs/09_translate.ipynb #c79e9618
 def train_tokenizer(cfg: Config) -> Path:
     """SentencePiece on the synthetic training text of every domain → `cfg.model.tokenizer`."""
     texts = split_texts(cfg, "train")
@@ -512,6 +536,7 @@ def train_tokenizer(cfg: Config) -> Path:
     return train_synthetic_tokenizer(texts, out.parent, cfg.model.tokenizer_vocab_size, (cfg.model.target_lang,),
                                      name=out.stem)
 
+# %% ../nbs/09_translate.ipynb #1beabdb3
 def verify_published(cfg: Config) -> dict:
     """Real data: the published checkpoints must exist and load key-for-key (no training)."""
     models = load_pretrained(cfg)
@@ -520,6 +545,7 @@ def verify_published(cfg: Config) -> dict:
     write_json(Path(cfg.pretrain.output_dir) / "pretrain.json", summary)
     return summary
 
+# %% ../nbs/09_translate.ipynb #92e0ee22
 def sign_spans(cfg: Config, domain: str, split: str) -> dict[str, list[tuple[int, int, str]]]:
     """Per clip id, the renderer's `(first, last + 1, word)` frames of each sign, relative to the clip start."""
     path = Path(cfg.synth.output_dir) / domain / f"synth_meta_{split}.tsv"
@@ -532,6 +558,7 @@ def sign_spans(cfg: Config, domain: str, split: str) -> dict[str, list[tuple[int
         out[r["SENTENCE_NAME"]] = [(a, b, w) for (a, b), w in zip(spans, r["words"].split())]
     return out
 
+# %% ../nbs/09_translate.ipynb #8476ca0b
 def _frozen_features(signhiera: SignHiera, ds: ClipDataset, sizes: Preset, device, batch_size: int = 8) -> list[dict]:
     """SignHiera features (concat policy, as `07_extract` writes them) of every clip of `ds`, in memory."""
     signhiera.eval()
@@ -544,6 +571,7 @@ def _frozen_features(signhiera: SignHiera, ds: ClipDataset, sizes: Preset, devic
                       for k, f in enumerate(feats)]
     return items
 
+# %% ../nbs/09_translate.ipynb #c58b9e3e
 class FeatureList(Dataset):
     """In-memory features (what `FeatureDataset` reads from disk), for the translation phase."""
     def __init__(self, items: list[dict], max_source_length: int = 512):
@@ -555,6 +583,7 @@ class FeatureList(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.items[i] if self.teacher is None else dict(self.items[i], teacher=self.teacher[i])
 
+# %% ../nbs/09_translate.ipynb #5fead522
 class TextPairs(Dataset):
     """Sentences as text-encoder input (`encode_source`) and decoder target (`encode_target`): the text phase."""
     def __init__(self, texts: Sequence[str], tokenizer: SonarTokenizer, lang: str = "eng_Latn", max_len: int = 128):
@@ -566,11 +595,13 @@ class TextPairs(Dataset):
     def __getitem__(self, i: int) -> dict:
         return dict(src=self.src[i], tgt=self.tgt[i], id=str(i), reference=self.references[i])
 
+# %% ../nbs/09_translate.ipynb #8d0bc342
 def collate_text(items: list[dict]) -> dict:
     """Right-pad source ids `[B, S]` and target ids `[B, L]`."""
     return dict(src=pad_batch([it["src"] for it in items], PAD_ID), tgt=pad_batch([it["tgt"] for it in items], PAD_ID),
                 id=[it["id"] for it in items], reference=[it["reference"] for it in items])
 
+# %% ../nbs/09_translate.ipynb #5fb292eb
 class TextAutoencoder(nn.Module):
     """SONAR text encoder → sentence embedding → SONAR text decoder: the text phase of the stand-in."""
     def __init__(self, text_encoder: SonarTextEncoder, decoder: SonarTextDecoder, label_smoothing: float = 0.0):
@@ -592,6 +623,7 @@ class TextAutoencoder(nn.Module):
             self.train(was_training)
         return [tokenizer.decode(h) for h in hyps]
 
+# %% ../nbs/09_translate.ipynb #c9bc6d9e
 def pretrain(cfg: Config, progress: bool = True) -> dict:
     """Synthetic: text, video and translation phases; saved in the published layouts (+ the text encoder)."""
     if not cfg.is_synthetic:
@@ -688,6 +720,7 @@ class _Clock:
         ms, self.t = 1000 * (now - self.t), now
         return ms
 
+# %% ../nbs/09_translate.ipynb #258ddd6b
 @torch.inference_mode()
 def translate_video(path: str | Path, models: Pretrained, cfg: Config, signhiera: SignHiera | None = None,
                     translator: SignToText | None = None, crop: bool = True, device: str | torch.device = "cpu",
@@ -713,6 +746,7 @@ def translate_video(path: str | Path, models: Pretrained, cfg: Config, signhiera
     t_dec = clock.lap()
     return text, dict(zip(TIMING_COLUMNS, (t_dc, t_sh, t_enc, t_dec, t_dc + t_sh + t_enc + t_dec)))
 
+# %% ../nbs/09_translate.ipynb #6142587d
 def translate_manifests(manifests: dict[str, str | Path], models: Pretrained, cfg: Config, out_dir: str | Path,
                         system: str, signhiera: SignHiera | None = None, translator: SignToText | None = None,
                         device: str | torch.device = "cpu", crop: bool = True, limit: int = 0,
@@ -746,11 +780,13 @@ def translate_manifests(manifests: dict[str, str | Path], models: Pretrained, cf
     write_json(out_dir / "info.json", info)
     return info
 
+# %% ../nbs/09_translate.ipynb #b12f6a78
 def translate_manifest(manifest: str | Path, models: Pretrained, cfg: Config, out_dir: str | Path, system: str,
                        domain: str = "target", **kw) -> dict:
     """One manifest (one domain) → `out_dir/predictions.tsv` + `info.json`."""
     return translate_manifests({domain: manifest}, models, cfg, out_dir, system, **kw)
 
+# %% ../nbs/09_translate.ipynb #f7d9ffdc
 def domain_bleu(pred_tsv: str | Path) -> dict[str, tuple[float, int]]:
     """Corpus BLEU-4 and clip count per domain of a predictions file."""
     rows = read_tsv(pred_tsv)

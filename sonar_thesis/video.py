@@ -141,6 +141,7 @@ class H264Writer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/03_video.ipynb #0d865afe
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, crf: int = 18,
                 preset: str = "medium") -> Path:
     """Write RGB frames (any iterable, streamed) to an H.264 mp4, atomically; returns `path`."""
@@ -172,6 +173,7 @@ class Window(NamedTuple):
     indices: np.ndarray  # [num_frames] 25-fps frame per slot; padded slots hold the final frame
     pad: np.ndarray      # [num_frames] bool, True = padded slot
 
+# %% ../nbs/03_video.ipynb #7a046d5b
 def window_spans(n: int,                # frames at 25 fps
                  num_frames: int,       # slots per window
                  sampling_rate: int,    # take every n-th frame
@@ -226,15 +228,18 @@ def iter_windows(path: str | Path, sizes: Preset, overlap: float = 0.5, num_thre
     finally:
         reader.close()
 
+# %% ../nbs/03_video.ipynb #3146a794
 def iter_frames(path: str | Path, target_fps: int = 25) -> Iterator[np.ndarray]:
     """Stream every frame of a video resampled to `target_fps` (uint8 [H, W, 3]; a repeated frame is the same array)."""
     info = probe_video(path)
     for _, frame in _select_frames(path, resample_indices(info.n_frames, info.fps, target_fps), info.n_frames, info.shape):
         yield frame
 
+# %% ../nbs/03_video.ipynb #6a3a2a0c
 class _ShapeMismatch(Exception):
     """PyAV's frames differ in size from decord's (e.g. rotation metadata, which decord applies)."""
 
+# %% ../nbs/03_video.ipynb #2a415d0b
 def _pyav_select(path, idx: np.ndarray, n_src: int, ks: Sequence[int], shape: tuple[int, int]
                  ) -> Iterator[tuple[int, np.ndarray]]:
     """Pull-decode `path` in order with PyAV; yield `(k, frame)` for the sorted 25-fps indices `ks`."""
@@ -269,6 +274,7 @@ def _pyav_select(path, idx: np.ndarray, n_src: int, ks: Sequence[int], shape: tu
         for k in ks[done:]:
             yield k, last
 
+# %% ../nbs/03_video.ipynb #ca509222
 def _select_frames(path, idx: np.ndarray, n_src: int, shape: tuple[int, int],
                    ks: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """`(k, frame uint8 [H, W, 3])` for 25-fps indices `ks` (default all), in order, streaming.
@@ -293,6 +299,7 @@ def _select_frames(path, idx: np.ndarray, n_src: int, shape: tuple[int, int],
     yield first
     yield from gen
 
+# %% ../nbs/03_video.ipynb #ce1c083e
 def normalize(frames, sizes: Preset):
     """uint8 frames [T, H, W, 3] (numpy or torch) → float32 tensor [3, T, H, W], (x/255 - mean) / std."""
     import torch
@@ -309,6 +316,7 @@ class RefWindow(NamedTuple):
     indices: np.ndarray   # [num_frames] int64 source frame per slot, clamped to n − 1
     padding: int          # num_frames − distinct indices: the last `padding` slots are padding
 
+# %% ../nbs/03_video.ipynb #3e37d546
 def reference_windows(n: int,                # source frames
                       fps: float,            # source frame rate (no resampling)
                       sizes: Preset,
@@ -338,6 +346,7 @@ def reference_windows(n: int,                # source frames
             break
     return out
 
+# %% ../nbs/03_video.ipynb #0b7da9b5
 def reference_pad_mask(padding: int, num_frames: int) -> np.ndarray:
     """Padding count → bool mask [num_frames], True on the last `padding` slots."""
     return np.arange(num_frames) >= num_frames - padding
@@ -355,6 +364,7 @@ def square_box(box: Box) -> Box:
         y0, y1 = y0 - (w - h) / 2, y1 + (w - h) / 2
     return (x0, y0, x1, y1)
 
+# %% ../nbs/03_video.ipynb #cf006cce
 def expand_box(face: Box, cfg: PreprocessConfig) -> Box:
     """Face box → signer box: ±expand_left_right·w, −expand_up·h, +expand_down·h, then squared."""
     x0, y0, x1, y1 = face
@@ -362,6 +372,7 @@ def expand_box(face: Box, cfg: PreprocessConfig) -> Box:
     return square_box((x0 - cfg.expand_left_right * w, y0 - cfg.expand_up * h,
                        x1 + cfg.expand_left_right * w, y1 + cfg.expand_down * h))
 
+# %% ../nbs/03_video.ipynb #d469c4b5
 def int_box(box: Box) -> tuple[int, int, int, int]:
     """Round a (square) box to integer pixels, keeping it square (side ≥ 2)."""
     x0, y0, x1, y1 = box
@@ -370,12 +381,14 @@ def int_box(box: Box) -> tuple[int, int, int, int]:
     ix0, iy0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     return (ix0, iy0, ix0 + side, iy0 + side)
 
+# %% ../nbs/03_video.ipynb #3643f459
 def center_box(width: int, height: int) -> tuple[int, int, int, int]:
     """The largest centred square of a `width`×`height` frame."""
     side = min(width, height)
     x0, y0 = (width - side) // 2, (height - side) // 2
     return (x0, y0, x0 + side, y0 + side)
 
+# %% ../nbs/03_video.ipynb #3c2f64db
 def crop_frame(frame: np.ndarray, box: Sequence[int], size: int,
                bilinear: bool = False,   # always bilinear (the reference); default: area when shrinking
                ) -> np.ndarray:
@@ -401,11 +414,13 @@ def reference_expand(face: Box, cfg: PreprocessConfig) -> Box:
     return (x0 - cfg.expand_left_right * w, y0 - cfg.expand_up * h,
             x1 + cfg.expand_left_right * w, y1 + cfg.expand_down * h)
 
+# %% ../nbs/03_video.ipynb #2f247ffb
 def reference_center_box(width: int, height: int) -> Box:
     """ssvp_slt's no-face fallback: a centred square of half the short side."""
     cx, cy, s = width // 2, height // 2, min(width, height) // 2
     return (cx - s // 2, cy - s // 2, cx + s // 2, cy + s // 2)
 
+# %% ../nbs/03_video.ipynb #e9592e73
 def reference_int_box(box: Box) -> tuple[int, int, int, int]:
     """ssvp_slt's crop box: grow the short side by |w − h|/2 each side, truncate toward zero; end exclusive."""
     x0, y0, x1, y1 = box
@@ -416,6 +431,7 @@ def reference_int_box(box: Box) -> tuple[int, int, int, int]:
         y0, y1 = y0 - grow, y1 + grow
     return (int(x0), int(y0), int(x1), int(y1))
 
+# %% ../nbs/03_video.ipynb #a6ad2cdb
 def reference_border(box: Sequence[int], width: int, height: int) -> dict[str, int]:
     """Black border ssvp_slt adds around the frame for integer `box` (one spare pixel right/bottom)."""
     x0, y0, x1, y1 = box
@@ -441,6 +457,7 @@ class MediapipeFaceDetector:
             out.append((r.xmin * W, r.ymin * H, (r.xmin + r.width) * W, (r.ymin + r.height) * H))
         return out
 
+# %% ../nbs/03_video.ipynb #3f42040b
 def dlib_model_path() -> Path:
     """Path of dlib's CNN face detector shipped by `face-recognition-models` (without importing it)."""
     spec = importlib.util.find_spec("face_recognition_models")
@@ -452,6 +469,7 @@ def dlib_model_path() -> Path:
         raise FileNotFoundError(f"{p}: dlib CNN face model missing — reinstall face-recognition-models")
     return p
 
+# %% ../nbs/03_video.ipynb #1a42f920
 class DlibFaceDetector:
     """dlib's CNN (MMOD) face detector, as in the SONAR ASL preprocessing."""
     def __init__(self, upsample: int | None = None):   # None: 0 for ≥480-px-high frames, 1 under 480, 2 under 240
@@ -469,6 +487,7 @@ class DlibFaceDetector:
         dets = self._det(np.ascontiguousarray(frame), up)
         return [(d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1) for d in dets]
 
+# %% ../nbs/03_video.ipynb #47dcdae1
 @functools.lru_cache(maxsize=4)
 def get_detector(method: str, min_confidence: float = 0.5,
                  upsample: int | None = None,   # dlib only; None: by frame height (see above), the reference: 1
@@ -489,6 +508,7 @@ def iou(a: Box, b: Box) -> float:
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
+# %% ../nbs/03_video.ipynb #02acfa30
 @dataclass
 class Tube:
     """One face followed across sampled frames."""
@@ -504,6 +524,7 @@ class Tube:
     def mean_box(self) -> Box:
         return tuple(np.mean(np.asarray(self.boxes, float), axis=0).tolist())
 
+# %% ../nbs/03_video.ipynb #fde50dc9
 class TubeLinker:
     """Link face boxes across sampled frames into tubes (greedy, best IoU first, IoU > threshold)."""
     def __init__(self, iou_threshold: float = 0.2):
@@ -530,6 +551,7 @@ class TubeLinker:
             t.frames.append(k)
         return [assigned[i] for i in range(len(boxes))]
 
+# %% ../nbs/03_video.ipynb #1629665c
 def region_motion(a: np.ndarray, b: np.ndarray, regions: Sequence[Box], max_width: int = 320) -> list[float]:
     """Mean optical-flow magnitude (source pixels per frame gap) from frame `a` to `b` inside each region."""
     import cv2
@@ -558,6 +580,7 @@ class SignerBox:
     n_sampled: int = 0              # frames searched for faces
     box_float: tuple | None = None  # reference mode: the float box before squaring and truncation
 
+# %% ../nbs/03_video.ipynb #73802fe2
 def choose_signer_box(tubes: Sequence[Tube], n_sampled: int, max_faces: int, width: int, height: int,
                       cfg: PreprocessConfig, method: str) -> SignerBox:
     """Pick the signer box from linked face tubes (see the rules above)."""
@@ -580,11 +603,13 @@ def choose_signer_box(tubes: Sequence[Tube], n_sampled: int, max_faces: int, wid
               f"picked the most moving one (motion {best.motion:.2f} vs {others})")
     return SignerBox(int_box(expand_box(best.mean_box(), cfg)), method, n_det, reason, n_sampled)
 
+# %% ../nbs/03_video.ipynb #601f4d50
 def _add_motion(linker: TubeLinker, a: np.ndarray, b: np.ndarray, boxes, ids, cfg: PreprocessConfig):
     for t, m in zip(ids, region_motion(a, b, [expand_box(bx, cfg) for bx in boxes])):
         linker.tubes[t].motion_sum += m
         linker.tubes[t].motion_n += 1
 
+# %% ../nbs/03_video.ipynb #cfc5d42f
 def _find_box(select: Callable[[Iterable[int]], Iterator[tuple[int, np.ndarray]]], n: int, width: int, height: int,
               path, cfg: PreprocessConfig, detector: Detector | None = None, motion_gap: int = 2) -> SignerBox:
     """Detect faces on every `detection_sampling_rate`-th of `n` 25-fps frames and choose one signer box.
@@ -622,6 +647,7 @@ def _find_box(select: Callable[[Iterable[int]], Iterator[tuple[int, np.ndarray]]
         _logger.warning("%s: centre crop — %s", path, sb.reason)
     return sb
 
+# %% ../nbs/03_video.ipynb #2da66716
 def find_signer_box(path: str | Path, cfg: PreprocessConfig, sizes: Preset,
                     detector: Detector | None = None) -> SignerBox:
     """The one signer box of the video at `path` (faces on every `detection_sampling_rate`-th 25-fps frame,
@@ -638,6 +664,7 @@ def find_signer_box(path: str | Path, cfg: PreprocessConfig, sizes: Preset,
 def _flow_scale(width: int) -> float:
     return 1 / 4 if width > 960 else 1 / 6 if width == 960 else 1 / 2
 
+# %% ../nbs/03_video.ipynb #4ad281f2
 def reference_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """ssvp_slt's motion map from RGB frame `prev` to `cur`: uint8 [h, w] at the reduced size (0–255 per frame)."""
     import cv2
@@ -648,12 +675,14 @@ def reference_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     mag = cv2.cartToPolar(flow[..., 0], flow[..., 1])[0]
     return (255.0 * (mag - mag.min()) / max(float(mag.max() - mag.min()), 1)).astype(np.uint8)
 
+# %% ../nbs/03_video.ipynb #aa4e46e5
 def _iou_inclusive(a: Box, b: Box) -> float:
     iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1), max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
     inter = iw * ih
     area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)
     return inter / float(area(a) + area(b) - inter)
 
+# %% ../nbs/03_video.ipynb #a892cc66
 def reference_tube_box(expanded: Sequence[Sequence[Box]],           # per sampled frame: expanded face boxes
                        motion: Callable[[int], np.ndarray],         # sampled frame i → motion map uint8 [H, W]
                        iou_threshold: float = 0.2, ratio_threshold: float = 0.5) -> Box | None:
@@ -693,6 +722,7 @@ def reference_tube_box(expanded: Sequence[Sequence[Box]],           # per sample
         best = tubes[int(np.argmax(sizes))]
     return tuple(np.array([b for _, b in best], float).mean(axis=0).tolist())
 
+# %% ../nbs/03_video.ipynb #a22cbe44
 def reference_signer_box(detections: Sequence[Sequence[Box]],       # per sampled frame: INCLUSIVE face boxes
                          width: int, height: int, cfg: PreprocessConfig,
                          motion: Callable[[int], np.ndarray] | None = None,   # needed only with several faces
@@ -711,6 +741,7 @@ def reference_signer_box(detections: Sequence[Sequence[Box]],       # per sample
             return box, "tubes"
     return reference_center_box(width, height), "center"
 
+# %% ../nbs/03_video.ipynb #6d62d72f
 def _find_box_reference(select: Callable[[Iterable[int]], Iterator[tuple[int, np.ndarray]]], n: int, width: int,
                         height: int, path, cfg: PreprocessConfig, detector: Detector | None = None) -> SignerBox:
     """The reference signer box: faces on source frames 0, r, 2r, …; `select(ks)` streams `(k, frame)`."""
@@ -782,6 +813,7 @@ def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, siz
             "box": list(sb.box), "method": sb.method, "n_detections": sb.n_detections,
             "n_sampled": sb.n_sampled, "reason": sb.reason, "seconds": round(time.perf_counter() - t0, 3)}
 
+# %% ../nbs/03_video.ipynb #1c8f7e22
 def _preprocess_reference(src: Path, dst: Path, cfg: PreprocessConfig, sizes: Preset, detector: Detector | None,
                           buffer_mb: int) -> dict:
     """Reference mode of `preprocess_clip`: the windows' source frames, cropped as ssvp_slt does, stored losslessly."""
@@ -841,6 +873,7 @@ class LosslessWriter(H264Writer):
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
 
+# %% ../nbs/03_video.ipynb #fa855804
 def read_crop_meta(path: str | Path) -> dict | None:
     """The windows tag of a reference crop clip, or None for any other video."""
     import av
@@ -851,6 +884,7 @@ def read_crop_meta(path: str | Path) -> dict | None:
         raise VideoError(f"{path}: cannot open ({_short(e)}) — re-run the preprocess stage for it") from None
     return None if raw is None else json.loads(raw)
 
+# %% ../nbs/03_video.ipynb #364f1dcb
 def _iter_stored_windows(path, meta: dict, sizes: Preset, overlap: float = 0.5
                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Windows of a reference crop clip: decode its frames in order, yield each window once its frames are in."""
@@ -891,6 +925,7 @@ def resolve_video_path(manifest: str | Path, video_path: str | Path) -> Path:
     beside = Path(manifest).parent / p
     return beside if beside.exists() or not p.exists() else p
 
+# %% ../nbs/03_video.ipynb #c2075d1b
 def _settings(cfg: PreprocessConfig, sizes: Preset, crf: int) -> dict:
     if cfg.resolved_mode(sizes) == "reference":          # (the resample settings stay as they were: same sidecars)
         return {"mode": "reference", "format": REFERENCE_CROP_FORMAT, "crop_method": cfg.crop_method,
@@ -905,6 +940,7 @@ def _settings(cfg: PreprocessConfig, sizes: Preset, crf: int) -> dict:
             "target_fps": sizes.target_fps, "crf": crf, "x264_preset": CROP_X264_PRESET,
             "keyint": max(1, sizes.num_frames * sizes.sampling_rate // 2)}
 
+# %% ../nbs/03_video.ipynb #a31a7f36
 def _crop_task(task: dict) -> dict:
     """Worker: crop one clip; never raises (errors come back as data)."""
     try:
@@ -915,6 +951,7 @@ def _crop_task(task: dict) -> dict:
         msg = str(e) if isinstance(e, VideoError) else f"{task['src']}: {_short(e)}"
         return {"id": task["id"], "ok": False, "error": msg}
 
+# %% ../nbs/03_video.ipynb #8321d9b1
 def _run_pool(tasks: list[dict], workers: int, bar) -> list[dict]:
     """Run `_crop_task` over `tasks` (spawned processes); a crashed worker costs only its own clip."""
     results, retry = [], []
@@ -943,6 +980,7 @@ def _run_pool(tasks: list[dict], workers: int, bar) -> list[dict]:
         bar.update(1)
     return results
 
+# %% ../nbs/03_video.ipynb #a915cd01
 def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: PreprocessConfig, sizes: Preset,
                         workers: int | None = None,            # default cfg.num_workers; ≤1 runs in-process
                         progress: bool = True,                 # tqdm bar
