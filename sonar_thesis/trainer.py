@@ -40,7 +40,7 @@ __all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_precision',
            'effective_warmup', 'make_scheduler', 'save_checkpoint', 'CheckpointReadError', 'load_checkpoint',
            'load_weights', 'rng_state', 'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference',
            'load_trimmed', 'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo', 'set_gradient_checkpointing',
-           'inputs_fingerprint', 'model_signature', 'train']
+           'inputs_fingerprint', 'model_signature', 'train', 'fit_best']
 
 # %% ../nbs/08_trainer.ipynb #d3a52ef5
 @runtime_checkable
@@ -1006,4 +1006,12 @@ def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_
                                               f"{tracker.best_step} → {best_path}" if tracker.best_step is not None else ""), info)
     if info.enabled:
         dist.barrier()
+    return result
+
+# %% ../nbs/08_trainer.ipynb #fe54a65e
+def fit_best(model: nn.Module, train_dataset: Dataset, out_dir: str | Path, **kw) -> TrainResult:
+    """`train(model, train_dataset, out_dir, **kw)`, then load its best checkpoint (if it validated) into `model`."""
+    result = train(model, train_dataset, out_dir, **kw)
+    if result.best_checkpoint:
+        load_weights(model, result.best_checkpoint)
     return result
