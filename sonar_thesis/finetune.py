@@ -15,7 +15,7 @@ from .checkpoints import save_published
 from .config import Config, load_config
 from .io import TIMINGS_DIR, read_json, timings_file, write_json
 from .extract import resolve_device
-from .trainer import inputs_fingerprint, load_weights, setup_distributed, train
+from .trainer import fit_best, inputs_fingerprint, setup_distributed
 from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
                                     bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
                                     load_pretrained, translate_manifests)
@@ -101,15 +101,13 @@ def run_stage1(cfg: Config, progress: bool = True) -> dict:
     val_ds = ClipDataset(crops_manifest(cfg, "target", "val"), tok, sizes, lang, cfg.data.max_target_length,
                          cache=cache, progress=progress)
     model = stage1_model(models, cfg)
-    result = train(model, train_ds, out / "run", stage=cfg.stage1, training=cfg.training,
-                   hardware=replace(cfg.hardware, num_workers=0) if cache else cfg.hardware,
-                   logging_cfg=cfg.logging, collate_fn=collate_clips, lengths=train_ds.length, seed=cfg.seed,
-                   validate=_validator(val_ds, collate_clips, models, cfg), progress=progress,
-                   fingerprint=dict(inputs=inputs_fingerprint([crops_manifest(cfg, "target", "train"),
-                                    crops_manifest(cfg, "target", "val"), cfg.model.signhiera, cfg.model.encoder,
-                                    cfg.model.decoder, cfg.model.tokenizer])))
-    if result.best_checkpoint:
-        load_weights(model, result.best_checkpoint)
+    result = fit_best(model, train_ds, out / "run", stage=cfg.stage1, training=cfg.training,
+                      hardware=replace(cfg.hardware, num_workers=0) if cache else cfg.hardware,
+                      logging_cfg=cfg.logging, collate_fn=collate_clips, lengths=train_ds.length, seed=cfg.seed,
+                      validate=_validator(val_ds, collate_clips, models, cfg), progress=progress,
+                      fingerprint=dict(inputs=inputs_fingerprint([crops_manifest(cfg, "target", "train"),
+                                       crops_manifest(cfg, "target", "val"), cfg.model.signhiera, cfg.model.encoder,
+                                       cfg.model.decoder, cfg.model.tokenizer])))
     model = model.cpu()
     save_published(model.signhiera, out / "signhiera.pth")
     # stage 2 starts from these: the encoder/decoder files only when trained here, else the pretrained ones
@@ -156,14 +154,12 @@ def run_stage2(cfg: Config, features_root: str | Path, out_dir: str | Path, star
                 m.p = cfg.model.dropout
     model = stage2_model(models, cfg)
     training = replace(cfg.training, optimizer=cfg.stage2.optimizer)   # stage 2's own optimizer (memory)
-    result = train(model, train_ds, out / "run", stage=cfg.stage2, training=training, hardware=cfg.hardware,
-                   logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
-                   validate=_validator(val_ds, collate_features, models, cfg), progress=progress,
-                   fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", init["encoder"] or cfg.model.encoder,
-                                    init["decoder"] or cfg.model.decoder, cfg.model.tokenizer]
-                                    + ([cfg.model.text_encoder] if teacher else []))))
-    if result.best_checkpoint:
-        load_weights(model, result.best_checkpoint)
+    result = fit_best(model, train_ds, out / "run", stage=cfg.stage2, training=training, hardware=cfg.hardware,
+                      logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
+                      validate=_validator(val_ds, collate_features, models, cfg), progress=progress,
+                      fingerprint=dict(inputs=inputs_fingerprint([feats / "train", feats / "val", init["encoder"] or cfg.model.encoder,
+                                       init["decoder"] or cfg.model.decoder, cfg.model.tokenizer]
+                                       + ([cfg.model.text_encoder] if teacher else []))))
     tr = model.translator.cpu()
     files = save_trained(out, dict(encoder=tr.encoder, decoder=tr.decoder),
                          dict(encoder=init["encoder"] or cfg.model.encoder, decoder=init["decoder"] or cfg.model.decoder))

@@ -23,7 +23,7 @@ from .io import (TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, remove_other_
                              without_keys, write_json, write_tsv)
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
-from .trainer import inputs_fingerprint, load_checkpoint, load_weights, save_checkpoint, train
+from .trainer import fit_best, inputs_fingerprint, load_checkpoint, save_checkpoint
 from .translate import FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 
@@ -567,16 +567,14 @@ def train_landmarks(cfg: Config, progress: bool = True) -> dict:
     model = build_landmark_model(cfg.preset, _input_dim(feats / "train"), len(tok),   # the preset's dropout
                                  label_smoothing=cfg.training.label_smoothing)
     small = cfg.preset == "tiny"   # in-memory features: loader workers would only re-read them every epoch
-    result = train(model, train_ds, out / "run", stage=lm, training=cfg.training,
-                   hardware=replace(cfg.hardware, num_workers=0) if small else cfg.hardware,
-                   logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
-                   validate=bleu_validator(val_ds, collate_features, tok, lang, cfg.training.val_beam_size,
-                                           cfg.model.max_len, max_samples=cfg.training.max_val_samples),
-                   progress=progress, fingerprint={"model": model.config, "landmarks": _landmark_settings(feats / "train"),
-                                                   "inputs": inputs_fingerprint([feats / "train", feats / "val",
-                                                                                 cfg.model.tokenizer])})
-    if result.best_checkpoint:
-        load_weights(model, result.best_checkpoint)
+    result = fit_best(model, train_ds, out / "run", stage=lm, training=cfg.training,
+                      hardware=replace(cfg.hardware, num_workers=0) if small else cfg.hardware,
+                      logging_cfg=cfg.logging, collate_fn=collate_features, lengths=train_ds.length, seed=cfg.seed,
+                      validate=bleu_validator(val_ds, collate_features, tok, lang, cfg.training.val_beam_size,
+                                              cfg.model.max_len, max_samples=cfg.training.max_val_samples),
+                      progress=progress, fingerprint={"model": model.config, "landmarks": _landmark_settings(feats / "train"),
+                                                      "inputs": inputs_fingerprint([feats / "train", feats / "val",
+                                                                                    cfg.model.tokenizer])})
     path = save_landmark_model(model.cpu(), out / "landmarks.pt")
     best = next((h for h in result.history if h["step"] == result.best_step), {})
     summary = dict(best_metric=result.metric, best=result.best_metric, best_step=result.best_step,
