@@ -82,7 +82,7 @@ def child(spec: dict) -> dict:
     from sonar_thesis.config import Config
     from sonar_thesis.finetune import stage2_model
     from sonar_thesis.sonar import sonar_asl_encoder, sonar_text_decoder_basic, SignToText, unique_params
-    from sonar_thesis.trainer import autocast_context, make_optimizer, resolve_precision, set_gradient_checkpointing
+    from sonar_thesis.train_setup import autocast_context, make_optimizer, resolve_precision, set_gradient_checkpointing
     from sonar_thesis.translate import collate_features
 
     torch.manual_seed(0)

@@ -15,7 +15,9 @@ from .checkpoints import save_published
 from .config import Config, load_config
 from .io import TIMINGS_DIR, read_json, timings_file, write_json
 from .extract import resolve_device
-from .trainer import fit_best, inputs_fingerprint, setup_distributed
+from .train_setup import setup_distributed
+from .train_state import inputs_fingerprint
+from .trainer import fit_best
 from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
                                     bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
                                     load_pretrained, translate_manifests)

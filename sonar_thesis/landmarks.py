@@ -23,7 +23,8 @@ from .io import (TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, remove_other_
                              without_keys, write_json, write_tsv)
 from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .synth import POSE_NAMES
-from .trainer import fit_best, inputs_fingerprint, load_checkpoint, save_checkpoint
+from .train_state import inputs_fingerprint, load_checkpoint, save_checkpoint
+from .trainer import fit_best
 from .translate import FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 

@@ -6,21 +6,13 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import datetime as _dt
-import hashlib
 import json
 import math
-import os
-import pickle
-import random
-import shutil
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -31,16 +23,18 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from .extract import resolve_device
-from .io import atomic_path, read_json, save_torch, sha256sum, write_json
+from .io import write_json
+from .run_folder import (_fingerprint, _link_or_copy, _Loggers, _restore_rng, _resume, _resume_or_start,
+                                     _stored_result)
+from .train_setup import (DistInfo, BucketBatchSampler, _all_gather, _broadcast, _say, autocast_context,
+                                      make_optimizer, make_scheduler, move_to_device, resolve_precision,
+                                      set_gradient_checkpointing, setup_distributed)
+from .train_state import (DONE_FILE, BestTracker, TrainResult, _cpu_state_dict, frozen_reference,
+                                      load_weights, metric_direction, rng_state, save_checkpoint, seed_everything,
+                                      split_state_keys)
 
 # %% auto #0
-__all__ = ['DONE_FILE', 'TrainableModel', 'move_to_device', 'resolve_precision', 'autocast_context', 'DistInfo',
-           'setup_distributed', 'BucketBatchSampler', 'param_groups', 'make_optimizer', 'WarmupCosine',
-           'effective_warmup', 'make_scheduler', 'save_checkpoint', 'CheckpointReadError', 'load_checkpoint',
-           'load_weights', 'rng_state', 'set_rng_state', 'seed_everything', 'split_state_keys', 'frozen_reference',
-           'load_trimmed', 'metric_direction', 'BestTracker', 'TrainResult', 'StepInfo', 'set_gradient_checkpointing',
-           'inputs_fingerprint', 'model_signature', 'train', 'fit_best']
+__all__ = ['TrainableModel', 'StepInfo', 'TrainOptions', 'train', 'fit_best']
 
 # %% ../nbs/08_trainer.ipynb #d3a52ef5
 @runtime_checkable
@@ -76,454 +70,6 @@ class _LossForward(nn.Module):
     def forward(self, batch):
         return self.model.training_loss(batch)
 
-# %% ../nbs/08_trainer.ipynb #185c42a9
-def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move tensors inside dicts, lists, tuples (incl. named), dataclasses or `.to`-able objects to `device`."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, Mapping):
-        moved = {k: move_to_device(v, device, non_blocking) for k, v in obj.items()}
-        return moved if type(obj) is dict else type(obj)(moved)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(move_to_device(v, device, non_blocking) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move_to_device(v, device, non_blocking) for v in obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: move_to_device(getattr(obj, f.name), device, non_blocking)
-                                           for f in dataclasses.fields(obj) if f.init})
-    if hasattr(obj, "to") and callable(obj.to):
-        return obj.to(device)
-    return obj
-
-# %% ../nbs/08_trainer.ipynb #dc1bf38f
-def resolve_precision(mode: str, device: torch.device) -> Literal["bf16", "fp16", "no"]:
-    """`hardware.mixed_precision` → the precision actually used on `device`."""
-    if mode not in ("auto", "bf16", "fp16", "no"):
-        raise ValueError(f"hardware.mixed_precision: expected auto|bf16|fp16|no, got {mode!r}")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if mode == "auto":
-            return "bf16" if bf16_ok else "fp16"
-        if mode == "bf16" and not bf16_ok:
-            warnings.warn("hardware.mixed_precision: bf16 is not supported on this GPU; using fp16 + GradScaler")
-            return "fp16"
-        return mode
-    if mode == "fp16":
-        warnings.warn(f"hardware.mixed_precision: fp16 needs CUDA; training in fp32 on {device.type}")
-        return "no"
-    if mode == "bf16" and device.type == "cpu":
-        return "bf16"
-    return "no"
-
-# %% ../nbs/08_trainer.ipynb #53b946ad
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(precision: str, device: torch.device):
-    """The autocast context for `precision` (a no-op for fp32)."""
-    if precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[precision])
-
-# %% ../nbs/08_trainer.ipynb #2116283f
-@dataclass
-class DistInfo:
-    """This process's place in the job."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False   # we created the process group, so we destroy it
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-# %% ../nbs/08_trainer.ipynb #17d46ed6
-def setup_distributed(device_pref: str = "auto", timeout_minutes: float = 60.0) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun job described by the environment (if any); return (DistInfo, device)."""
-    if dist.is_available() and dist.is_initialized():
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_pref, info.local_rank, info.world_size)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=_dt.timedelta(minutes=timeout_minutes))
-        info.initialized_here = True
-    return info, device
-
-# %% ../nbs/08_trainer.ipynb #ead44c83
-def _broadcast(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's `obj` on every rank (a barrier as well)."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-# %% ../nbs/08_trainer.ipynb #671446f0
-def _all_gather(obj: Any, info: DistInfo) -> list:
-    if not info.enabled:
-        return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-# %% ../nbs/08_trainer.ipynb #102d7165
-class BucketBatchSampler:
-    """Deterministic length-bucketed global batches (seeded per epoch), split into equal per-rank shares."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int = 1, world_size: int = 1,
-                 rank: int = 0, seed: int = 0, bucketing: bool = True, megabatches: int = 50):
-        if batch_size < 1 or grad_accum < 1 or world_size < 1 or megabatches < 1:
-            raise ValueError(f"batch_size, grad_accum, world_size, megabatches must be >= 1; got "
-                             f"{batch_size}, {grad_accum}, {world_size}, {megabatches}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.lengths = np.asarray(list(lengths), dtype=np.int64)
-        if len(self.lengths) < world_size:
-            raise ValueError(f"{len(self.lengths)} training items cannot be shared by {world_size} ranks")
-        self.batch_size, self.grad_accum, self.world_size, self.rank = batch_size, grad_accum, world_size, rank
-        self.seed, self.bucketing, self.megabatches = seed, bucketing, megabatches
-        self.epoch = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.grad_accum * self.world_size
-
-    @property
-    def n_used(self) -> int:
-        """Items used per epoch (a multiple of world_size)."""
-        n = len(self.lengths)
-        return n - n % self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_used / self.global_batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """All global batches of `epoch`, in training order (item indices)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.lengths))[: self.n_used]
-        g = self.global_batch_size
-        batches = []
-        if self.bucketing:
-            mega = g * self.megabatches
-            for i in range(0, len(perm), mega):
-                chunk = perm[i:i + mega]
-                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-                batches += [chunk[j:j + g] for j in range(0, len(chunk), g)]
-        else:
-            batches = [perm[j:j + g] for j in range(0, len(perm), g)]
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def rank_steps(self, epoch: int) -> list[list[list[int]]]:
-        """This rank's micro-batches for each optimizer step of `epoch`: steps → micro-batches → indices."""
-        steps = []
-        for gb in self.global_batches(epoch):
-            share = gb[self.rank::self.world_size]
-            steps.append([share[i:i + self.batch_size].tolist() for i in range(0, len(share), self.batch_size)])
-        return steps
-
-    def __iter__(self):
-        for step in self.rank_steps(self.epoch):
-            yield from step
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.rank_steps(self.epoch))
-
-# %% ../nbs/08_trainer.ipynb #043ac73a
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decay and a no-decay group (each with a `names` list)."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = {"params": [], "names": [], "weight_decay": weight_decay}, \
-        {"params": [], "names": [], "weight_decay": 0.0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exempt = (p.ndim <= 1 or name.endswith("bias") or "norm" in name.lower()
-                  or any(name == s or name.startswith(s + ".") for s in skip))
-        group = no_decay if exempt else decay
-        group["params"].append(p)
-        group["names"].append(name)
-    groups = [g for g in (decay, no_decay) if g["params"]]
-    if not groups:
-        raise ValueError("the model has no trainable parameters (every requires_grad is False)")
-    return groups
-
-# %% ../nbs/08_trainer.ipynb #6669f28b
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
-    """`training.optimizer` over the trainable parameters, with the decay rule above (see the table)."""
-    groups = param_groups(model, weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "adafactor":
-        return torch.optim.Adafactor(groups, lr=lr)
-    if name == "adamw8bit":
-        try:
-            from bitsandbytes.optim import AdamW8bit
-        except ImportError:
-            raise ImportError("training.optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes), "
-                              "or choose adamw / adafactor") from None
-        return AdamW8bit(groups, lr=lr)
-    raise ValueError(f"training.optimizer: expected adamw | adafactor | adamw8bit, got {name!r}")
-
-# %% ../nbs/08_trainer.ipynb #c5f9160d
-@dataclass
-class WarmupCosine:
-    """lr multiplier for LambdaLR: linear warmup, then half-cosine to `min_ratio` (plain fields → checkpointable)."""
-    warmup_steps: int
-    total_steps: int
-    min_ratio: float
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-# %% ../nbs/08_trainer.ipynb #df4761e4
-def effective_warmup(warmup_steps: int, total_steps: int, cap_fraction: float = 0.1) -> int:
-    """`warmup_steps`, capped at `cap_fraction` of the run (at least 1 step when warmup is on)."""
-    if warmup_steps <= 0:
-        return 0
-    return min(warmup_steps, max(1, int(cap_fraction * total_steps)))
-
-# %% ../nbs/08_trainer.ipynb #0ba687f9
-def make_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
-                   cap_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR with `WarmupCosine`, stepped once per optimizer step."""
-    min_ratio = min(1.0, max(0.0, min_lr / lr)) if lr > 0 else 0.0
-    sched = WarmupCosine(effective_warmup(warmup_steps, total_steps, cap_fraction), max(1, total_steps), min_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, sched)
-
-# %% ../nbs/08_trainer.ipynb #4132de88
-def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """torch.save `payload` atomically and reproducibly (same payload, same bytes)."""
-    return save_torch(payload, path)
-
-# %% ../nbs/08_trainer.ipynb #fed7b623
-class CheckpointReadError(RuntimeError):
-    """A trainer checkpoint that cannot be loaded (truncated, corrupt, or pickling more than tensors)."""
-
-# %% ../nbs/08_trainer.ipynb #b2dc2243
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a trainer checkpoint (`weights_only=True`); a broken or non-tensor file is one line naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint — did the training run finish?")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")   # a foreign pickle: refused below
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointReadError(f"{path}: not a readable trainer checkpoint ({type(e).__name__}: {first}) — "
-                                  f"delete it to train afresh") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointReadError(f"{path}: not a trainer checkpoint (a {type(ckpt).__name__}, not a dict) — "
-                                  f"delete it to train afresh")
-    return ckpt
-
-# %% ../nbs/08_trainer.ipynb #f0f6fb22
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load the `model` entry of a trainer checkpoint (`best.pt`, `last.pt`, `checkpoints/*.pt`) into `model`;
-    the frozen tensors a checkpoint leaves out are checked against its `frozen` reference (see below)."""
-    ck = load_checkpoint(path)
-    if ck.get("frozen"):
-        load_trimmed(model, ck["model"], ck["frozen"], where=str(path))
-    else:
-        model.load_state_dict(ck["model"], strict=strict)
-    return model
-
-# %% ../nbs/08_trainer.ipynb #5913714a
-def _cpu_state_dict(model: nn.Module, keys: Iterable[str] | None = None) -> dict:
-    """CPU copies of the state dict (only `keys` when given); a tied tensor is copied once, so saved once."""
-    sd = model.state_dict(keep_vars=True)
-    copies: dict[int, torch.Tensor] = {}
-    for k in (sd if keys is None else keys):
-        if id(sd[k]) not in copies:
-            copies[id(sd[k])] = sd[k].detach().to("cpu", copy=True)
-    return {k: copies[id(sd[k])] for k in (sd if keys is None else keys)}
-
-# %% ../nbs/08_trainer.ipynb #cc8f2332
-def _link_or_copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-# %% ../nbs/08_trainer.ipynb #6d40b23f
-def rng_state(device: torch.device | None = None) -> dict:
-    """Python, numpy, torch (and this device's CUDA) RNG states as tensors and plain types."""
-    py = random.getstate()
-    npy = np.random.get_state()
-    state = {
-        "python_version": int(py[0]), "python": torch.tensor(py[1], dtype=torch.int64),
-        "python_gauss": py[2],
-        "numpy": torch.from_numpy(npy[1].astype(np.int64)), "numpy_pos": int(npy[2]),
-        "numpy_has_gauss": int(npy[3]), "numpy_gauss": float(npy[4]),
-        "torch": torch.get_rng_state(),
-        "cuda": None,
-    }
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-# %% ../nbs/08_trainer.ipynb #511c4f03
-def set_rng_state(state: dict, device: torch.device | None = None) -> None:
-    """Restore what `rng_state` captured."""
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
-    torch.set_rng_state(state["torch"])
-    if device is not None and device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-# %% ../nbs/08_trainer.ipynb #2612a2de
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-# %% ../nbs/08_trainer.ipynb #2aee4611
-def split_state_keys(model: nn.Module) -> tuple[list[str], list[str]]:
-    """State-dict keys → (kept in checkpoints: trainable parameters and every buffer, frozen parameters)."""
-    kept, frozen = [], []
-    for k, v in model.state_dict(keep_vars=True).items():
-        (frozen if isinstance(v, nn.Parameter) and not v.requires_grad else kept).append(k)
-    return kept, frozen
-
-# %% ../nbs/08_trainer.ipynb #20f0e6cb
-def frozen_reference(model: nn.Module, keys: Sequence[str]) -> dict:
-    """`{"keys", "numel", "sha256"}` of the frozen tensors `keys` (name, dtype, shape and bytes; tied ones once)."""
-    sd = model.state_dict(keep_vars=True)
-    if absent := [k for k in keys if k not in sd]:
-        raise KeyError(f"the model has no {absent[0]!r} ({len(absent)} frozen keys of the checkpoint are missing) "
-                       f"— it is not the model the checkpoint was trained with")
-    h, seen, numel = hashlib.sha256(), {}, 0
-    for k in keys:
-        t = sd[k]
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        if id(t) in seen:
-            h.update(f"={seen[id(t)]}\n".encode())
-            continue
-        seen[id(t)], numel = k, numel + t.numel()
-        flat = t.detach().reshape(-1).contiguous().cpu()
-        if flat.numel():
-            h.update(flat.view(torch.uint8).numpy())
-    return {"keys": list(keys), "numel": numel, "sha256": h.hexdigest()}
-
-# %% ../nbs/08_trainer.ipynb #ca624e3a
-def load_trimmed(model: nn.Module, state: Mapping[str, torch.Tensor], frozen: Mapping | None,
-                 where: str = "checkpoint", verify: bool = True) -> nn.Module:
-    """Load a checkpoint's model entry that leaves out `frozen["keys"]`, after checking the model's frozen
-    tensors are the ones it was trained on (`verify`); without `frozen`, a plain strict load."""
-    if not frozen:
-        model.load_state_dict(state)
-        return model
-    if verify:
-        now = frozen_reference(model, frozen["keys"])["sha256"]
-        if now != frozen["sha256"]:
-            raise RuntimeError(f"{where}: the model's frozen parameters are not the ones this checkpoint was trained "
-                               f"on (sha256 {now[:12]} ≠ {frozen['sha256'][:12]}) — build the model from the same "
-                               f"starting checkpoint files, or delete the run folder to train afresh")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != set(frozen["keys"]):
-        extra = sorted(unexpected) or sorted(set(missing) ^ set(frozen["keys"]))
-        raise RuntimeError(f"{where}: its keys do not match the model's trainable part (e.g. {extra[:3]}) — "
-                           f"it was written for another model or another freezing")
-    return model
-
-# %% ../nbs/08_trainer.ipynb #a159b916
-def metric_direction(name: str) -> Literal["max", "min"]:
-    """Whether a larger or a smaller value of metric `name` is better."""
-    n = name.lower()
-    if any(k in n for k in ("loss", "ppl", "perplexity", "wer", "cer")):
-        return "min"
-    if n.startswith(("bleu", "chrf", "rouge", "meteor", "cider", "acc", "bleurt")):
-        return "max"
-    raise ValueError(f"training.early_stopping_metric {name!r}: cannot tell whether higher or lower is "
-                     f"better — pass metric_mode='max' or 'min' to train()")
-
-# %% ../nbs/08_trainer.ipynb #3bbdcb2c
-class BestTracker:
-    """Metric history, best value/step, patience counter and the best-k list (all plain, checkpointable)."""
-
-    def __init__(self, metric: str, mode: Literal["max", "min"], keep: int, patience: int):
-        self.metric, self.mode, self.keep, self.patience = metric, mode, max(1, keep), patience
-        self.best_value: float | None = None
-        self.best_step: int | None = None
-        self.bad_evals = 0
-        self.history: list[dict] = []
-        self.topk: list[dict] = []          # {"step", "value", "file"}, best first
-        self.last_eval_step = -1
-
-    def _key(self, e):
-        return ((-e["value"] if self.mode == "max" else e["value"]), e["step"])
-
-    def update(self, step: int, epoch: int, metrics: Mapping[str, float], file: str) -> dict:
-        """Record one evaluation; returns {"improved", "keep" (enters best-k), "evict" (files to delete)}."""
-        if self.metric not in metrics:
-            raise KeyError(f"validate() returned {sorted(metrics)}, which lacks training.early_stopping_metric "
-                           f"{self.metric!r}")
-        value = float(metrics[self.metric])
-        self.history.append({"step": step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}})
-        self.last_eval_step = step
-        if not math.isfinite(value):
-            self.bad_evals += 1
-            return {"improved": False, "keep": False, "evict": []}
-        improved = self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value)
-        if improved:
-            self.best_value, self.best_step, self.bad_evals = value, step, 0
-        else:
-            self.bad_evals += 1
-        entries = sorted([e for e in self.topk if e["step"] != step] + [{"step": step, "value": value, "file": file}],
-                         key=self._key)
-        self.topk, dropped = entries[: self.keep], entries[self.keep:]
-        keep = any(e["step"] == step for e in self.topk)
-        return {"improved": improved, "keep": keep, "evict": [e["file"] for e in dropped if e["step"] != step]}
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_evals >= self.patience
-
-    def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("metric", "mode", "keep", "patience", "best_value", "best_step",
-                                              "bad_evals", "history", "topk", "last_eval_step")}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
-# %% ../nbs/08_trainer.ipynb #c9a906c7
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-    metric: str                           # training.early_stopping_metric
-    best_metric: float | None             # best validation value (None without validate)
-    best_step: int | None
-    best_checkpoint: str | None           # out_dir/best.pt
-    last_checkpoint: str                  # out_dir/last.pt
-    steps: int                            # optimizer steps done
-    total_steps: int                      # planned optimizer steps
-    epochs_completed: float               # steps / steps_per_epoch
-    stopped_early: bool
-    history: list[dict] = field(default_factory=list)   # one entry per validation: step, epoch, metrics
-
 # %% ../nbs/08_trainer.ipynb #9fb65ea8
 @dataclass
 class StepInfo:
@@ -537,473 +83,368 @@ class StepInfo:
     saved: bool
     metrics: dict | None = None
 
+# %% ../nbs/08_trainer.ipynb #1e3155c4
+@dataclass
+class TrainOptions:
+    """Everything `train` takes besides the model, the data and the run folder."""
+    stage: StageConfig
+    training: TrainingConfig
+    hardware: HardwareConfig | None = None                              # None: HardwareConfig()
+    logging_cfg: LoggingConfig | None = None                            # None: LoggingConfig()
+    collate_fn: Callable[[list], Any] | None = None                     # None: default_collate
+    lengths: Callable[[int], int] | Sequence[int] | None = None         # per-item length, for the buckets
+    validate: Callable[[nn.Module], Mapping[str, float]] | None = None  # None: no best.pt, no early stopping
+    seed: int = 0
+    resume: bool = True
+    max_steps: int | None = None
+    metric_mode: Literal["max", "min"] | None = None                    # None: from the metric's name
+    on_step: Callable[[StepInfo], None] | None = None
+    progress: bool = True
+    run_name: str | None = None
+    fingerprint: Mapping[str, Any] | None = None                        # extras that identify the run
+    dvclive: bool = True
+    live_dir: str | Path | None = None                                  # None: out_dir/dvclive
+    live_kwargs: Mapping[str, Any] | None = None
+    warmup_cap_fraction: float = 0.1
+    megabatches: int = 50
+    ddp_find_unused_parameters: bool = False
+    ddp_timeout_minutes: float = 60.0
 
-DONE_FILE = "train_done.json"
-
-# %% ../nbs/08_trainer.ipynb #196c26e8
-def _switch_checkpointing(m: nn.Module, enabled: bool) -> bool:
-    for on, off in (("activation_checkpointing_enable", "activation_checkpointing_disable"),  # transformers 5
-                    ("gradient_checkpointing_enable", "gradient_checkpointing_disable")):
-        if hasattr(m, on if enabled else off):
-            getattr(m, on if enabled else off)()
-            return True
-    if isinstance(getattr(m, "gradient_checkpointing", None), bool):
-        m.gradient_checkpointing = enabled
-        return True
-    return False
-
-# %% ../nbs/08_trainer.ipynb #8f0a3b10
-def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> list[str]:
-    """Toggle gradient checkpointing on `model`, or else on every outermost sub-module that has a switch
-    (Hugging Face models, SignHiera, the SONAR text decoder); returns the names of the switched modules."""
-    switched = []
-    def visit(m: nn.Module, name: str) -> None:
-        if _switch_checkpointing(m, enabled):
-            switched.append(name or type(m).__name__)
-            return
-        for child_name, child in m.named_children():
-            visit(child, f"{name}.{child_name}" if name else child_name)
-    visit(model, "")
-    if enabled and not switched:
-        warnings.warn(f"training.gradient_checkpointing is true but neither {type(model).__name__} nor any of its "
-                      f"sub-modules has gradient_checkpointing_enable() or a gradient_checkpointing attribute; ignored")
-    return switched
-
-# %% ../nbs/08_trainer.ipynb #437bd5fa
-def inputs_fingerprint(paths: Iterable[str | Path]) -> str:
-    """sha256 over the contents of input files (folders: every file inside, sorted) — pass it as a
-    `fingerprint` extra, so a finished run is not reused after its inputs changed (DVC reruns the stage,
-    the settings are the same, the data is not). Missing paths count as missing, not as an error."""
-    h = hashlib.sha256()
-    for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(f"{f}\0{sha256sum(f) if f.is_file() else 'missing'}\n".encode())
-    return h.hexdigest()
-
-# %% ../nbs/08_trainer.ipynb #53b9a61d
-def model_signature(model: nn.Module) -> str:
-    """sha1 of the model class and every parameter's name, shape and trainability: another architecture or
-    another freezing is another experiment, even under the same hyper-parameters."""
-    lines = [type(model).__name__] + [f"{n}:{tuple(p.shape)}:{p.requires_grad}" for n, p in model.named_parameters()]
-    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
-
-# %% ../nbs/08_trainer.ipynb #4c2ce608
-def _fingerprint(stage: StageConfig, training: TrainingConfig, hardware: HardwareConfig, seed: int,
-                 n_items: int, global_batch: int, max_steps: int | None, extra: Mapping | None,
-                 model: nn.Module | None = None) -> str:
-    st = {k: v for k, v in dataclasses.asdict(stage).items() if k != "output_dir"}
-    tr = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("save_every_n_steps", "save_total_limit")}
-    fp = {"stage_type": type(stage).__name__, "stage": st, "training": tr,
-          "mixed_precision": hardware.mixed_precision, "seed": seed, "n_items": n_items,
-          "global_batch_size": global_batch, "max_steps": max_steps, "extra": dict(extra or {}),
-          "model": model_signature(model) if model is not None else None}
-    return json.dumps(fp, sort_keys=True, default=str)
-
-# %% ../nbs/08_trainer.ipynb #59083f0e
-def _truncate_dvclive(live_dir: Path, step: int) -> None:
-    """Drop dvclive plot rows logged after `step` (they will be logged again by the resumed run)."""
-    metrics = live_dir / "plots" / "metrics"
-    if not metrics.exists():
-        return
-    for tsv in metrics.rglob("*.tsv"):
-        with open(tsv, encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        if not rows or "step" not in rows[0]:
-            continue
-        i = rows[0].index("step")
-        kept = [rows[0]] + [r for r in rows[1:] if len(r) > i and r[i].lstrip("-").isdigit() and int(r[i]) <= step]
-        if len(kept) != len(rows):
-            with atomic_path(tsv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-                csv.writer(f, delimiter="\t", lineterminator=os.linesep).writerows(kept)
-
-# %% ../nbs/08_trainer.ipynb #20522fb1
-def _say(msg: str, info: DistInfo | None = None) -> None:
-    if info is None or info.is_main:
-        tqdm.write(f"[trainer] {msg}")
-
-# %% ../nbs/08_trainer.ipynb #386f0638
-class _Loggers:
-    """dvclive (+ optional wandb) on rank 0; no-ops elsewhere."""
-
-    def __init__(self, enabled: bool, live_dir: Path, resume: bool, log_cfg: LoggingConfig, out_dir: Path,
-                 run_name: str | None, config: dict, dvclive: bool, live_kwargs: Mapping | None):
-        self.live = self.wandb = None
-        if not enabled:
-            return
-        if dvclive:
-            from dvclive import Live
-            kw = {"save_dvc_exp": False, "dvcyaml": None, **(live_kwargs or {})}
-            self.live = Live(dir=str(live_dir), resume=resume, **kw)
-        if log_cfg.use_wandb:
-            try:
-                import wandb
-            except ImportError:
-                _say("logging.use_wandb is true but wandb is not installed (pip install wandb); "
-                     "logging to dvclive only")
-                return
-            id_file = out_dir / "wandb_run_id.txt"
-            run_id = id_file.read_text().strip() if (resume and id_file.exists()) else wandb.util.generate_id()
-            id_file.write_text(run_id)
-            self.wandb = wandb.init(project=log_cfg.wandb_project, entity=log_cfg.wandb_entity or None,
-                                    name=run_name, id=run_id, resume="allow", dir=str(out_dir), config=config)
-
-    def log(self, step: int, values: Mapping[str, float]) -> None:
-        if self.live is not None:
-            self.live.step = step
-            for k, v in values.items():
-                self.live.log_metric(k, float(v))
-            self.live.next_step()
-        if self.wandb is not None:
-            self.wandb.log(dict(values), step=step)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-# %% ../nbs/08_trainer.ipynb #97cdffca
-def train(
-    model: nn.Module,
-    train_dataset: Dataset,
-    out_dir: str | Path,
-    *,
-    stage: StageConfig,
-    training: TrainingConfig,
-    hardware: HardwareConfig | None = None,
-    logging_cfg: LoggingConfig | None = None,
-    collate_fn: Callable[[list], Any] | None = None,
-    lengths: Callable[[int], int] | Sequence[int] | None = None,
-    validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
-    seed: int = 0,
-    resume: bool = True,
-    max_steps: int | None = None,
-    metric_mode: Literal["max", "min"] | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
-    progress: bool = True,
-    run_name: str | None = None,
-    fingerprint: Mapping[str, Any] | None = None,
-    dvclive: bool = True,
-    live_dir: str | Path | None = None,
-    live_kwargs: Mapping[str, Any] | None = None,
-    warmup_cap_fraction: float = 0.1,
-    megabatches: int = 50,
-    ddp_find_unused_parameters: bool = False,
-    ddp_timeout_minutes: float = 60.0,
-) -> TrainResult:
-    """Train `model` (protocol: `model.training_loss(batch)` → mean loss) on `train_dataset`; see the notebook."""
-    hardware = hardware or HardwareConfig()
-    logging_cfg = logging_cfg or LoggingConfig()
+# %% ../nbs/08_trainer.ipynb #98632678
+def train(model: nn.Module, train_dataset: Dataset, out_dir: str | Path, options: TrainOptions | None = None,
+          **kw) -> TrainResult:
+    """Train `model` (protocol: `model.training_loss(batch)` → mean loss) on `train_dataset`; `kw` are
+    `TrainOptions` fields (overriding those of `options`); see the notebook."""
+    opts = dataclasses.replace(options, **kw) if options is not None else TrainOptions(**kw)
+    opts.hardware = opts.hardware or HardwareConfig()
+    opts.logging_cfg = opts.logging_cfg or LoggingConfig()
     if not hasattr(model, "training_loss"):
         raise TypeError(f"{type(model).__name__} has no training_loss(batch) method — the trainer's model "
                         f"protocol needs it (returns the mean loss over the batch)")
     out_dir = Path(out_dir)
-    live_dir = Path(live_dir) if live_dir is not None else out_dir / "dvclive"
-    if hardware.torch_threads > 0:
-        torch.set_num_threads(hardware.torch_threads)
-    info, device = setup_distributed(hardware.device, ddp_timeout_minutes)
+    live_dir = Path(opts.live_dir) if opts.live_dir is not None else out_dir / "dvclive"
+    if opts.hardware.torch_threads > 0:
+        torch.set_num_threads(opts.hardware.torch_threads)
+    info, device = setup_distributed(opts.hardware.device, opts.ddp_timeout_minutes)
     created_group = info.initialized_here
     try:
-        return _train(model=model, train_dataset=train_dataset, out_dir=out_dir, stage=stage, training=training,
-                      hardware=hardware, logging_cfg=logging_cfg, collate_fn=collate_fn, lengths=lengths,
-                      validate=validate, seed=seed, resume=resume, max_steps=max_steps, mode=metric_mode,
-                      on_step=on_step, progress=progress, run_name=run_name, fingerprint=fingerprint,
-                      dvclive=dvclive, live_dir=live_dir, live_kwargs=live_kwargs,
-                      warmup_cap_fraction=warmup_cap_fraction, megabatches=megabatches,
-                      ddp_find_unused_parameters=ddp_find_unused_parameters, info=info, device=device)
+        return _train(_Run(model, train_dataset, opts, info, device, out_dir, live_dir))
     finally:
         if created_group and dist.is_initialized():
             dist.destroy_process_group()
 
-# %% ../nbs/08_trainer.ipynb #248981f1
-def _train(*, model, train_dataset, out_dir, stage, training, hardware, logging_cfg, collate_fn, lengths, validate,
-           seed, resume, max_steps, mode, on_step, progress, run_name, fingerprint, dvclive, live_dir,
-           live_kwargs, warmup_cap_fraction, megabatches, ddp_find_unused_parameters, info, device) -> TrainResult:
-    mode = mode or metric_direction(training.early_stopping_metric)
-    n = len(train_dataset)
-    if lengths is None:
-        lens = [1] * n
-    elif callable(lengths):
-        lens = [int(lengths(i)) for i in range(n)]
+# %% ../nbs/08_trainer.ipynb #4957d988
+@dataclass
+class _Run:
+    """The plan and the moving state of one `train` call, passed to every step of the loop."""
+    model: nn.Module
+    data: Dataset
+    opts: TrainOptions
+    info: DistInfo
+    device: torch.device
+    out_dir: Path
+    live_dir: Path
+    mode: str = "min"                       # the early-stopping metric's direction
+    sampler: BucketBatchSampler | None = None
+    total_steps: int = 0
+    fp: str = ""                            # the fingerprint (JSON)
+    kept_keys: list = field(default_factory=list)
+    frozen_ref: dict | None = None
+    has_validate: bool = False
+    precision: str = "no"
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    trainable: list = field(default_factory=list)
+    tracker: BestTracker | None = None
+    wrapped: Any = None                     # the DDP wrapper, or None
+    loss_fn: Any = None
+    loggers: Any = None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    grad_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    win: dict = field(default_factory=lambda: {"n": 0, "sums": {}})   # the logging window's sums
+    last_metrics: dict | None = None
+
+    @property
+    def last_path(self) -> Path: return self.out_dir / "last.pt"
+    @property
+    def best_path(self) -> Path: return self.out_dir / "best.pt"
+    @property
+    def done_path(self) -> Path: return self.out_dir / DONE_FILE
+    @property
+    def ckpt_dir(self) -> Path: return self.out_dir / "checkpoints"
+
+# %% ../nbs/08_trainer.ipynb #9dc4b5d5
+def _train(run: _Run) -> TrainResult:
+    """Plan, resume or start, build, then epochs of optimisation steps (each: log, validate, save)."""
+    _plan(run)
+    decision, ckpt = _resume_or_start(run)
+    if decision == "done":
+        return _stored_result(run)
+    _build(run)
+    if decision == "resume":
+        ckpt = _resume(run, ckpt)
     else:
-        lens = [int(x) for x in lengths]
+        seed_everything(run.opts.seed + run.info.rank)
+    _prepare(run, resumed=decision == "resume")
+    if ckpt is not None:   # RNG last, right before the next step
+        _restore_rng(run, ckpt)
+        del ckpt
+    bar = tqdm(total=run.total_steps, initial=run.global_step, unit="step", dynamic_ncols=True,
+               disable=not (run.opts.progress and run.info.is_main), desc=run.opts.run_name or run.out_dir.name)
+    try:
+        stop = run.stopped_early or run.finished or run.global_step >= run.total_steps
+        while not stop and run.epoch < run.opts.stage.epochs:
+            stop = _train_epoch(run, bar)
+            if not stop:
+                run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    finally:
+        bar.close()
+    return _finish(run)
+
+# %% ../nbs/08_trainer.ipynb #b3ac5187
+def _train_epoch(run: _Run, bar) -> bool:
+    """The rest of epoch `run.epoch`, from `run.step_in_epoch`; True when the run is over."""
+    o, info = run.opts, run.info
+    plan = run.sampler.rank_steps(run.epoch)
+    if hasattr(run.data, "set_epoch"):
+        run.data.set_epoch(run.epoch)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([o.seed, run.epoch, info.rank]).integers(2**62)))
+    loader = DataLoader(run.data, batch_sampler=[m for s in plan[run.step_in_epoch:] for m in s],
+                        collate_fn=o.collate_fn or default_collate, num_workers=o.hardware.num_workers,
+                        pin_memory=run.device.type == "cuda", generator=gen)
+    batches = iter(loader)
+    for s in range(run.step_in_epoch, len(plan)):
+        lr = run.optimizer.param_groups[0]["lr"]
+        step_loss, extras_sum = _optimisation_step(run, plan[s], batches)
+        run.global_step += 1
+        run.step_in_epoch = s + 1
+        epoch_end = run.step_in_epoch == len(plan)
+        loss_val = step_loss.item()
+        bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+        last = run.global_step >= run.total_steps
+        _log_step(run, step_loss, extras_sum, lr, len(plan), due=last or epoch_end)
+        evaluated = _validate_step(run, epoch_end, last)
+        done_now = run.stopped_early or last
+        run.finished = done_now
+        saved = _save_step(run, epoch_end, done_now)
+        if o.on_step is not None:
+            o.on_step(StepInfo(run.global_step, run.epoch, run.step_in_epoch, loss_val, lr, evaluated, saved,
+                               run.last_metrics if evaluated else None))
+        if done_now:
+            return True
+    return False
+
+# %% ../nbs/08_trainer.ipynb #80961b57
+def _plan(run: _Run) -> None:
+    """Item lengths → sampler and step count; the fingerprint; the kept/frozen split of the state."""
+    o, info, n = run.opts, run.info, len(run.data)
+    run.mode = o.metric_mode or metric_direction(o.training.early_stopping_metric)
+    if o.lengths is None:
+        lens = [1] * n
+    elif callable(o.lengths):
+        lens = [int(o.lengths(i)) for i in range(n)]
+    else:
+        lens = [int(x) for x in o.lengths]
     if len(lens) != n:
         raise ValueError(f"lengths has {len(lens)} entries but the dataset has {n} items")
-    sampler = BucketBatchSampler(lens, stage.batch_size, stage.gradient_accumulation_steps, info.world_size,
-                                 info.rank, seed, training.length_bucketing, megabatches)
-    spe = sampler.steps_per_epoch
-    total_steps = stage.epochs * spe if max_steps is None else min(stage.epochs * spe, max_steps)
-    if total_steps <= 0:   # would save the untrained starting weights as if they were a result
-        raise ValueError(f"{out_dir}: nothing to train ({n} items, {stage.epochs} epochs, max_steps {max_steps}) — "
-                         f"check the training manifest and the stage's epochs; nothing was written")
-    fp = _fingerprint(stage, training, hardware, seed, n, sampler.global_batch_size, max_steps, fingerprint, model)
-    last_path, best_path, done_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / DONE_FILE
-    ckpt_dir = out_dir / "checkpoints"
-    kept_keys, frozen_keys = split_state_keys(model)   # checkpoints hold the kept part + a reference to the rest
-    frozen_ref = frozen_reference(model, frozen_keys) if (frozen_keys and info.is_main) else None
+    run.sampler = BucketBatchSampler(lens, o.stage.batch_size, o.stage.gradient_accumulation_steps, info.world_size,
+                                     info.rank, o.seed, o.training.length_bucketing, o.megabatches)
+    spe = run.sampler.steps_per_epoch
+    run.total_steps = o.stage.epochs * spe if o.max_steps is None else min(o.stage.epochs * spe, o.max_steps)
+    if run.total_steps <= 0:   # would save the untrained starting weights as if they were a result
+        raise ValueError(f"{run.out_dir}: nothing to train ({n} items, {o.stage.epochs} epochs, max_steps "
+                         f"{o.max_steps}) — check the training manifest and the stage's epochs; nothing was written")
+    run.fp = _fingerprint(o.stage, o.training, o.hardware, o.seed, n, run.sampler.global_batch_size, o.max_steps,
+                          o.fingerprint, run.model)
+    run.kept_keys, frozen_keys = split_state_keys(run.model)   # checkpoints: the kept part + a reference to the rest
+    run.frozen_ref = frozen_reference(run.model, frozen_keys) if (frozen_keys and info.is_main) else None
 
-    # ---- done / resume / fresh: rank 0 decides, everyone follows
-    decision, ckpt = None, None
-    if info.is_main:
-        decision = "fresh"
-        if resume and done_path.exists():
-            done = read_json(done_path)
-            if done.get("fingerprint") == fp:
-                decision = "done"
-            else:
-                _say(f"{done_path} is from other settings; training afresh")
-        if decision == "fresh" and resume and last_path.exists():
-            try:
-                ckpt = load_checkpoint(last_path)
-            except CheckpointReadError as e:   # a kill mid-copy, a disk error, a foreign file: keep it aside, start over
-                bad = last_path.with_name("last.pt.unreadable")
-                os.replace(last_path, bad)
-                _say(f"{e}; moved to {bad.name} and training afresh")
-            if ckpt is None:
-                pass
-            elif ckpt.get("fingerprint") == fp:
-                decision = "resume"
-                saved_ref = ckpt.get("frozen")      # None: a full state dict (nothing frozen, or format 1)
-                if saved_ref and saved_ref["sha256"] != (frozen_ref or {}).get("sha256"):
-                    decision = "frozen_changed"
-            else:
-                ckpt = None
-                _say(f"{last_path} is from other settings (fingerprint differs); training afresh")
-        if decision == "fresh":
-            for p in (last_path, best_path, done_path, out_dir / "wandb_run_id.txt"):
-                p.unlink(missing_ok=True)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    decision, has_validate = _broadcast((decision, validate is not None), info)
-    if decision == "frozen_changed":
-        raise RuntimeError(f"{last_path}: the model's frozen parameters are not the ones this run started from "
-                           f"(the pretrained/starting checkpoint changed) — restore those files, or delete "
-                           f"{out_dir} to train afresh")
-    if decision == "done":
-        done = read_json(done_path)
-        _say(f"{done_path} exists: training already finished (best {done['metric']} = {done['best_metric']})", info)
-        return TrainResult(**{f.name: done[f.name] for f in dataclasses.fields(TrainResult)})
+# %% ../nbs/08_trainer.ipynb #5217912b
+def _build(run: _Run) -> None:
+    """Precision, device, gradient checkpointing, optimizer, schedule, scaler and tracker."""
+    o, tr = run.opts, run.opts.training
+    run.precision = resolve_precision(o.hardware.mixed_precision, run.device)
+    run.model.to(run.device)
+    set_gradient_checkpointing(run.model, tr.gradient_checkpointing)
+    run.optimizer = make_optimizer(run.model, o.stage.learning_rate, tr.weight_decay, tr.optimizer)
+    run.scheduler = make_scheduler(run.optimizer, o.stage.learning_rate, tr.min_lr, tr.warmup_steps, run.total_steps,
+                                   o.warmup_cap_fraction)
+    warm = run.scheduler.lr_lambdas[0].warmup_steps
+    if warm < tr.warmup_steps:
+        _say(f"warmup capped at {warm} steps ({o.warmup_cap_fraction:.0%} of {run.total_steps}; "
+             f"training.warmup_steps is {tr.warmup_steps})", run.info)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=(run.precision == "fp16"))
+    run.trainable = [p for g in run.optimizer.param_groups for p in g["params"]]
+    run.tracker = BestTracker(tr.early_stopping_metric, run.mode, tr.save_total_limit, tr.early_stopping_patience)
 
-    # ---- model, optimizer, schedule, precision
-    precision = resolve_precision(hardware.mixed_precision, device)
-    model.to(device)
-    set_gradient_checkpointing(model, training.gradient_checkpointing)
-    optimizer = make_optimizer(model, stage.learning_rate, training.weight_decay, training.optimizer)
-    scheduler = make_scheduler(optimizer, stage.learning_rate, training.min_lr, training.warmup_steps, total_steps,
-                               warmup_cap_fraction)
-    warm = scheduler.lr_lambdas[0].warmup_steps
-    if warm < training.warmup_steps:
-        _say(f"warmup capped at {warm} steps ({warmup_cap_fraction:.0%} of {total_steps}; "
-             f"training.warmup_steps is {training.warmup_steps})", info)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    tracker = BestTracker(training.early_stopping_metric, mode, training.save_total_limit,
-                          training.early_stopping_patience)
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    stopped_early = finished = False
-    if decision == "resume":
-        ckpt = ckpt if ckpt is not None else load_checkpoint(last_path)
-        load_trimmed(model, ckpt["model"], ckpt.get("frozen"), where=str(last_path), verify=False)  # rank 0 verified
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        tracker.load_state_dict(ckpt["tracker"])
-        epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        stopped_early, finished = ckpt["stopped_early"], ckpt["finished"]
-        if info.is_main:   # drop best-k files written after this last.pt (a kill between the two writes)
-            known = {e["file"] for e in tracker.topk}
-            for f in ckpt_dir.glob("step-*.pt"):
-                if f.name not in known:
-                    f.unlink()
-            if tracker.best_step is not None:   # best.pt may be from a step this last.pt never reached
-                src = ckpt_dir / f"step-{tracker.best_step:08d}.pt"
-                if src.exists() and not (best_path.exists() and os.path.samefile(src, best_path)):
-                    _link_or_copy(src, best_path)
-            _truncate_dvclive(live_dir, global_step)
-        _say(f"resuming from {last_path}: step {global_step}/{total_steps}, epoch {epoch}, "
-             f"step {step_in_epoch}/{spe} of the epoch", info)
-    else:
-        seed_everything(seed + info.rank)
-
+# %% ../nbs/08_trainer.ipynb #e2206b3f
+def _prepare(run: _Run, resumed: bool) -> None:
+    """Training mode, the DDP wrapper (several processes), the loggers, and the run's one-line summary."""
+    o, info, model = run.opts, run.info, run.model
     model.train()
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        wrapped = DDP(_LossForward(model), device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=ddp_find_unused_parameters)
-        loss_fn = wrapped
+        run.wrapped = DDP(_LossForward(model), device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                          find_unused_parameters=o.ddp_find_unused_parameters)
+        run.loss_fn = run.wrapped
     else:
-        wrapped, loss_fn = None, model.training_loss
+        run.wrapped, run.loss_fn = None, model.training_loss
+    run.loggers = _Loggers(info.is_main, run.live_dir, resumed, o.logging_cfg, run.out_dir, o.run_name,
+                           json.loads(run.fp), o.dvclive, o.live_kwargs)
+    if info.is_main and not resumed:
+        s = run.sampler
+        _say(f"{len(run.data)} items, {s.steps_per_epoch} steps/epoch × {o.stage.epochs} epochs = {run.total_steps} "
+             f"steps; global batch {s.global_batch_size} = {o.stage.batch_size} × accum "
+             f"{o.stage.gradient_accumulation_steps} × {info.world_size} rank(s); {run.device}, precision "
+             f"{run.precision}", info)
 
-    loggers = _Loggers(info.is_main, live_dir, decision == "resume", logging_cfg, out_dir, run_name,
-                       json.loads(fp), dvclive, live_kwargs)
-    if info.is_main and decision != "resume":
-        _say(f"{n} items, {spe} steps/epoch × {stage.epochs} epochs = {total_steps} steps; global batch "
-             f"{sampler.global_batch_size} = {stage.batch_size} × accum {stage.gradient_accumulation_steps} × "
-             f"{info.world_size} rank(s); {device}, precision {precision}", info)
+# %% ../nbs/08_trainer.ipynb #9ea289b7
+def _optimisation_step(run: _Run, micros: list[list[int]], batches) -> tuple[torch.Tensor, dict]:
+    """Weighted backward over this rank's micro-batches, clip, optimizer and scheduler step → (loss, extras)."""
+    device, wrapped = run.device, run.wrapped
+    share = sum(len(m) for m in micros)
+    step_loss = torch.zeros((), device=device)
+    extras_sum: dict[str, torch.Tensor] = {}
+    for j, micro in enumerate(micros):
+        batch = move_to_device(next(batches), device, non_blocking=device.type == "cuda")
+        sync = wrapped is None or j == len(micros) - 1
+        with (contextlib.nullcontext() if sync else wrapped.no_sync()):
+            with autocast_context(run.precision, device):
+                loss, extras = _split_loss(run.loss_fn(batch))
+            w = len(micro) / share
+            run.scaler.scale(loss.float() * w).backward()
+        step_loss += loss.detach().float() * w
+        for k, v in extras.items():
+            extras_sum[k] = extras_sum.get(k, 0) + v.detach().float() * w
+    if run.opts.training.max_grad_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        run.grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, run.opts.training.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return step_loss, extras_sum
 
-    def evaluate(epoch_now: int) -> dict:
-        payload = None
-        if info.is_main:
-            model.eval()
-            with torch.no_grad(), autocast_context(precision, device):
-                metrics = {k: float(v) for k, v in dict(validate(model)).items()}
-            model.train()
-            name = f"step-{global_step:08d}.pt"
-            upd = tracker.update(global_step, epoch_now, metrics, name)
-            if upd["keep"]:
-                save_checkpoint(ckpt_dir / name, {"model": _cpu_state_dict(model, kept_keys), "frozen": frozen_ref,
-                                                  "step": global_step, "epoch": epoch_now, "metrics": metrics,
-                                                  "metric": tracker.metric, "fingerprint": fp})
-            if upd["improved"]:
-                _link_or_copy(ckpt_dir / name, best_path)
-            for f in upd["evict"]:
-                (ckpt_dir / f).unlink(missing_ok=True)
-            loggers.log(global_step, {f"val/{k}": v for k, v in metrics.items()}
+# %% ../nbs/08_trainer.ipynb #d1d61186
+def _log_step(run: _Run, step_loss: torch.Tensor, extras_sum: dict, lr: float, plan_len: int, due: bool) -> None:
+    """Add the step to the logging window; every `log_every_n_steps` (or when `due`) log its mean over ranks."""
+    win, info = run.win, run.info
+    win["n"] += 1
+    for k, v in {"loss": step_loss, **extras_sum}.items():
+        win["sums"][k] = win["sums"].get(k, 0) + v
+    if not (run.global_step % max(1, run.opts.logging_cfg.log_every_n_steps) == 0 or due):
+        return
+    keys = sorted(win["sums"])
+    vec = torch.stack([torch.as_tensor(win["sums"][k], device=run.device).float() for k in keys]) / win["n"]
+    if info.enabled:
+        dist.all_reduce(vec)
+        vec /= info.world_size
+    vals = dict(zip(keys, vec.tolist()))
+    if not math.isfinite(vals["loss"]) and run.precision != "fp16":
+        raise FloatingPointError(f"training loss is {vals['loss']} at step {run.global_step}: lower "
+                                 f"the learning rate, or set hardware.mixed_precision: no")
+    if info.is_main:
+        run.loggers.log(run.global_step, {f"train/{k}": v for k, v in vals.items()} | {
+            "train/lr": lr, "train/grad_norm": float(run.grad_norm),           # no steps/s: a stored log
+            "train/epoch": run.epoch + run.step_in_epoch / plan_len})        # is the same bytes every run
+    run.win = {"n": 0, "sums": {}}
+
+# %% ../nbs/08_trainer.ipynb #fd838d62
+def _evaluate(run: _Run) -> dict:
+    """Rank 0 validates, keeps best-k / best.pt and logs; every rank gets the metrics and the tracker state."""
+    payload, info, model, tracker = None, run.info, run.model, run.tracker
+    if info.is_main:
+        model.eval()
+        with torch.no_grad(), autocast_context(run.precision, run.device):
+            metrics = {k: float(v) for k, v in dict(run.opts.validate(model)).items()}
+        model.train()
+        name = f"step-{run.global_step:08d}.pt"
+        upd = tracker.update(run.global_step, run.epoch, metrics, name)
+        if upd["keep"]:
+            save_checkpoint(run.ckpt_dir / name, {"model": _cpu_state_dict(model, run.kept_keys),
+                                                  "frozen": run.frozen_ref, "step": run.global_step,
+                                                  "epoch": run.epoch, "metrics": metrics,
+                                                  "metric": tracker.metric, "fingerprint": run.fp})
+        if upd["improved"]:
+            _link_or_copy(run.ckpt_dir / name, run.best_path)
+        for f in upd["evict"]:
+            (run.ckpt_dir / f).unlink(missing_ok=True)
+        run.loggers.log(run.global_step, {f"val/{k}": v for k, v in metrics.items()}
                         | {f"val/best_{tracker.metric}": tracker.best_value if tracker.best_value is not None
                            else float("nan")})
-            _say(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                 + (" (best)" if upd["improved"] else f" (no improvement {tracker.bad_evals}/"
-                                                       f"{tracker.patience or '∞'})"), info)
-            payload = (metrics, tracker.state_dict())
-        metrics, state = _broadcast(payload, info)
-        if not info.is_main:
-            tracker.load_state_dict(state)
-        return metrics
+        _say(f"step {run.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+             + (" (best)" if upd["improved"] else f" (no improvement {tracker.bad_evals}/"
+                                                   f"{tracker.patience or '∞'})"), info)
+        payload = (metrics, tracker.state_dict())
+    metrics, state = _broadcast(payload, info)
+    if not info.is_main:
+        tracker.load_state_dict(state)
+    return metrics
 
-    def save_last(pos_epoch: int, pos_step: int) -> None:
-        states = _all_gather(rng_state(device), info)
-        if info.is_main:
-            save_checkpoint(last_path, {
-                "format": "sonar_thesis.trainer/2", "model": _cpu_state_dict(model, kept_keys), "frozen": frozen_ref,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": states, "epoch": pos_epoch, "step_in_epoch": pos_step,
-                "global_step": global_step, "total_steps": total_steps, "tracker": tracker.state_dict(),
-                "stopped_early": stopped_early, "finished": finished, "fingerprint": fp,
-                "global_batch_size": sampler.global_batch_size, "world_size": info.world_size})
+# %% ../nbs/08_trainer.ipynb #337a4dd8
+def _validate_step(run: _Run, epoch_end: bool, last: bool) -> bool:
+    """Validate when due (every `eval_every_n_steps`, every `eval_every_n_epochs`-th epoch end, the last step);
+    set `stopped_early` when patience ran out. True when it validated."""
+    tr, step = run.opts.training, run.global_step
+    if not (run.has_validate and run.tracker.last_eval_step != step and (
+            (tr.eval_every_n_steps > 0 and step % tr.eval_every_n_steps == 0)
+            or (epoch_end and tr.eval_every_n_epochs > 0 and (run.epoch + 1) % tr.eval_every_n_epochs == 0)
+            or last)):
+        return False
+    run.last_metrics = _evaluate(run)
+    t = run.tracker
+    if t.should_stop:
+        run.stopped_early = True
+        _say(f"early stopping at step {step}: no {t.metric} improvement in {t.bad_evals} evaluations (best "
+             f"{t.best_value:.4g} at step {t.best_step})", run.info)
+    return True
 
-    if ckpt is not None:   # RNG last, right before the next step
-        states = ckpt["rng"]
-        if len(states) != info.world_size:
-            _say(f"world size changed ({len(states)} → {info.world_size}): data order is kept, RNG streams "
-                 f"(dropout) are not", info)
-        set_rng_state(states[info.rank] if info.rank < len(states) else states[0], device)
-        del ckpt
+# %% ../nbs/08_trainer.ipynb #6515239c
+def _save_last(run: _Run, pos_epoch: int, pos_step: int) -> None:
+    """Every rank's RNG state to rank 0, which writes `last.pt` (the next step to run: `pos_epoch`, `pos_step`)."""
+    states = _all_gather(rng_state(run.device), run.info)
+    if run.info.is_main:
+        save_checkpoint(run.last_path, {
+            "format": "sonar_thesis.trainer/2", "model": _cpu_state_dict(run.model, run.kept_keys),
+            "frozen": run.frozen_ref, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": states, "epoch": pos_epoch, "step_in_epoch": pos_step,
+            "global_step": run.global_step, "total_steps": run.total_steps, "tracker": run.tracker.state_dict(),
+            "stopped_early": run.stopped_early, "finished": run.finished, "fingerprint": run.fp,
+            "global_batch_size": run.sampler.global_batch_size, "world_size": run.info.world_size})
 
-    bar = tqdm(total=total_steps, initial=global_step, unit="step", dynamic_ncols=True,
-               disable=not (progress and info.is_main), desc=run_name or out_dir.name)
-    win = {"n": 0, "sums": {}}
-    grad_norm = torch.zeros(())
-    last_metrics = None
-    try:
-        stop = stopped_early or finished or global_step >= total_steps
-        while not stop and epoch < stage.epochs:
-            plan = sampler.rank_steps(epoch)
-            if hasattr(train_dataset, "set_epoch"):
-                train_dataset.set_epoch(epoch)
-            gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, info.rank]).integers(2**62)))
-            loader = DataLoader(train_dataset, batch_sampler=[m for s in plan[step_in_epoch:] for m in s],
-                                collate_fn=collate_fn or default_collate, num_workers=hardware.num_workers,
-                                pin_memory=device.type == "cuda", generator=gen)
-            batches = iter(loader)
-            for s in range(step_in_epoch, len(plan)):
-                micros = plan[s]
-                share = sum(len(m) for m in micros)
-                lr = optimizer.param_groups[0]["lr"]
-                step_loss = torch.zeros((), device=device)
-                extras_sum: dict[str, torch.Tensor] = {}
-                for j, micro in enumerate(micros):
-                    batch = move_to_device(next(batches), device, non_blocking=device.type == "cuda")
-                    sync = wrapped is None or j == len(micros) - 1
-                    with (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                        with autocast_context(precision, device):
-                            loss, extras = _split_loss(loss_fn(batch))
-                        w = len(micro) / share
-                        scaler.scale(loss.float() * w).backward()
-                    step_loss += loss.detach().float() * w
-                    for k, v in extras.items():
-                        extras_sum[k] = extras_sum.get(k, 0) + v.detach().float() * w
-                if training.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, training.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                step_in_epoch = s + 1
-                epoch_end = step_in_epoch == len(plan)
-                loss_val = step_loss.item()
-                bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
+# %% ../nbs/08_trainer.ipynb #26302c9b
+def _save_step(run: _Run, epoch_end: bool, done_now: bool) -> bool:
+    """Write `last.pt` every `save_every_n_steps`, at an epoch's end and at the end; True when it did."""
+    every = run.opts.training.save_every_n_steps
+    if (every > 0 and run.global_step % every == 0) or epoch_end or done_now:
+        _save_last(run, run.epoch + 1 if epoch_end else run.epoch, 0 if epoch_end else run.step_in_epoch)
+        return True
+    return False
 
-                # ---- log (mean over ranks and over the window)
-                win["n"] += 1
-                for k, v in {"loss": step_loss, **extras_sum}.items():
-                    win["sums"][k] = win["sums"].get(k, 0) + v
-                last = global_step >= total_steps
-                if global_step % max(1, logging_cfg.log_every_n_steps) == 0 or last or epoch_end:
-                    keys = sorted(win["sums"])
-                    vec = torch.stack([torch.as_tensor(win["sums"][k], device=device).float() for k in keys]) / win["n"]
-                    if info.enabled:
-                        dist.all_reduce(vec)
-                        vec /= info.world_size
-                    vals = dict(zip(keys, vec.tolist()))
-                    if not math.isfinite(vals["loss"]) and precision != "fp16":
-                        raise FloatingPointError(f"training loss is {vals['loss']} at step {global_step}: lower "
-                                                 f"the learning rate, or set hardware.mixed_precision: no")
-                    if info.is_main:
-                        loggers.log(global_step, {f"train/{k}": v for k, v in vals.items()} | {
-                            "train/lr": lr, "train/grad_norm": float(grad_norm),   # no steps/s: a stored log
-                            "train/epoch": epoch + step_in_epoch / len(plan)})     # is the same bytes every run
-                    win = {"n": 0, "sums": {}}
-
-                # ---- validate
-                evaluated = False
-                if has_validate and tracker.last_eval_step != global_step and (
-                        (training.eval_every_n_steps > 0 and global_step % training.eval_every_n_steps == 0)
-                        or (epoch_end and training.eval_every_n_epochs > 0
-                            and (epoch + 1) % training.eval_every_n_epochs == 0) or last):
-                    last_metrics = evaluate(epoch)
-                    evaluated = True
-                    if tracker.should_stop:
-                        stopped_early = True
-                        _say(f"early stopping at step {global_step}: no {tracker.metric} improvement in "
-                             f"{tracker.bad_evals} evaluations (best {tracker.best_value:.4g} at step "
-                             f"{tracker.best_step})", info)
-                done_now = stopped_early or last
-                finished = done_now
-
-                # ---- save
-                saved = False
-                if (training.save_every_n_steps > 0 and global_step % training.save_every_n_steps == 0) \
-                        or epoch_end or done_now:
-                    save_last(epoch + 1 if epoch_end else epoch, 0 if epoch_end else step_in_epoch)
-                    saved = True
-                if on_step is not None:
-                    on_step(StepInfo(global_step, epoch, step_in_epoch, loss_val, lr, evaluated, saved,
-                                     last_metrics if evaluated else None))
-                if done_now:
-                    stop = True
-                    break
-            del batches, loader
-            if not stop:
-                epoch, step_in_epoch = epoch + 1, 0
-    finally:
-        bar.close()
-
+# %% ../nbs/08_trainer.ipynb #ccd8442f
+def _finish(run: _Run) -> TrainResult:
+    """The `TrainResult`; rank 0 writes `train_done.json` and closes the loggers."""
+    t, info = run.tracker, run.info
     result = TrainResult(
-        metric=tracker.metric, best_metric=tracker.best_value, best_step=tracker.best_step,
-        best_checkpoint=str(best_path) if tracker.best_step is not None else None,
-        last_checkpoint=str(last_path), steps=global_step, total_steps=total_steps,
-        epochs_completed=round(global_step / spe, 4), stopped_early=stopped_early, history=list(tracker.history))
+        metric=t.metric, best_metric=t.best_value, best_step=t.best_step,
+        best_checkpoint=str(run.best_path) if t.best_step is not None else None,
+        last_checkpoint=str(run.last_path), steps=run.global_step, total_steps=run.total_steps,
+        epochs_completed=round(run.global_step / run.sampler.steps_per_epoch, 4), stopped_early=run.stopped_early,
+        history=list(t.history))
     if info.is_main:
-        write_json(done_path, dataclasses.asdict(result) | {"fingerprint": fp})
-        loggers.close()
-        _say(f"done: {global_step} steps" + (f", best {tracker.metric} {tracker.best_value:.4g} at step "
-                                              f"{tracker.best_step} → {best_path}" if tracker.best_step is not None else ""), info)
+        write_json(run.done_path, dataclasses.asdict(result) | {"fingerprint": run.fp})
+        run.loggers.close()
+        _say(f"done: {run.global_step} steps" + (f", best {t.metric} {t.best_value:.4g} at step "
+                                                  f"{t.best_step} → {run.best_path}" if t.best_step is not None else ""),
+             info)
     if info.enabled:
         dist.barrier()
     return result

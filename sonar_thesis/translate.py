@@ -34,7 +34,8 @@ from .sonar import (DATA_TAGS, PAD_ID, SignToText, SonarTextDecoder, SonarTextEn
                                 sonar_text_decoder_basic, sonar_text_decoder_small, sonar_text_decoder_tiny,
                                 sonar_text_encoder_basic, sonar_text_encoder_small, sonar_text_encoder_tiny,
                                 langs_path, train_synthetic_tokenizer)
-from .trainer import inputs_fingerprint, load_weights, train
+from .train_state import inputs_fingerprint, load_weights
+from .trainer import train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path
 
 # %% auto #0

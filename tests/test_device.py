@@ -25,7 +25,7 @@ def test_without_cuda_auto_is_the_cpu_and_cuda_is_an_error(monkeypatch, tmp_path
     with pytest.raises(ValueError, match=r"hardware\.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"):
         resolve_device("gpu")
     from sonar_thesis.extract import extract_manifest          # the stages stop before any work, not on the CPU
-    from sonar_thesis.trainer import setup_distributed
+    from sonar_thesis.train_setup import setup_distributed
     with pytest.raises(RuntimeError, match=NO_CUDA.format("cuda")):
         setup_distributed("cuda")
     with pytest.raises(RuntimeError, match=NO_CUDA.format("cuda:0")):

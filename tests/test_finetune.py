@@ -150,7 +150,7 @@ def test_stage2_frozen_embeddings_stay_frozen_and_the_optimizer_steps(tmp_path, 
 
 
 def test_stage2_gradient_checkpointing_reaches_encoder_and_decoder(tmp_path):
-    from sonar_thesis.trainer import set_gradient_checkpointing
+    from sonar_thesis.train_setup import set_gradient_checkpointing
     models = _models(tmp_path)
     model = stage2_model(models, Config()).train()
     batch = collate_features(_feature_items(models.tokenizer))

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sonar_thesis.config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
-from sonar_thesis.trainer import CheckpointReadError, StepInfo, load_checkpoint, load_weights, train
+from sonar_thesis.train_state import CheckpointReadError, load_checkpoint, load_weights
+from sonar_thesis.trainer import StepInfo, train
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve()
