@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from sonar_thesis.config import PRESETS, Config
+from sonar_thesis.config import Config
+from sonar_thesis.config_sections import PRESETS
 from sonar_thesis.finetune import stage1_model, stage2_model
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import PAD_ID, pad_batch

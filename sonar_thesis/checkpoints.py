@@ -5,187 +5,25 @@
 # %% ../nbs/06_checkpoints.ipynb #cc0cb4f3
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
-import http.client
 import os
 import pickle
 import re
-import shlex
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .io import read_json, save_torch, sha256sum, write_json
+from .checkpoint_layouts import (LAYOUTS, SAFE_GLOBALS, WRAPPER_PREFIXES, CheckpointError, Layout,
+                                             get_layout, layout_for)
+from .io import save_torch
 
 # %% auto #0
-__all__ = ['WRAPPER_PREFIXES', 'SAFE_GLOBALS', 'SIGNHIERA_LAYOUT', 'ENCODER_LAYOUT', 'DECODER_LAYOUT', 'TEXT_ENCODER_LAYOUT',
-           'LAYOUTS', 'ASL_BASE_URL', 'SONAR_BASE_URL', 'PUBLISHED', 'LOCK_NAME', 'DEFAULT_OUTPUT', 'SUMS_NAME',
-           'CheckpointError', 'Layout', 'get_layout', 'layout_for', 'read_checkpoint', 'LoadReport', 'guess_layout',
-           'diff_checkpoint', 'load_published', 'published_state_dict', 'save_published', 'describe_checkpoint',
-           'PublishedFile', 'DownloadError', 'ChecksumError', 'download']
-
-# %% ../nbs/06_checkpoints.ipynb #777ed03a
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model; the message names the file, the keys and the shapes."""
-
-    def __init__(self, message: str, report: "LoadReport | None" = None):
-        super().__init__(message)
-        self.report = report
-
-# %% ../nbs/06_checkpoints.ipynb #338fadff
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # stripped when *every* key of the file carries one
-
-SAFE_GLOBALS: tuple = (argparse.Namespace,)
-"""Non-tensor types that `torch.load(weights_only=True)` may rebuild: MAE-style training scripts store
-their `args` as an `argparse.Namespace`, a plain attribute bag that runs no code when unpickled."""
-
-
-@dataclass(eq=False)
-class Layout:
-    """How one published checkpoint file is laid out, and which deviations are expected (with reasons)."""
-
-    name: str  # layout id, also the `PUBLISHED` entry of the file
-    file: str  # published file name (for messages)
-    model_classes: tuple[str, ...]  # class names (anywhere in the model's MRO) that pick this layout
-    state_keys: tuple[str, ...]  # top-level keys tried in order; `save_published` writes the first
-    expected_missing: dict[str, str] = field(default_factory=dict)  # key prefix -> why the file may lack it
-    expected_extra: dict[str, str] = field(default_factory=dict)  # key prefix -> why we ignore it in the file
-    tied_groups: tuple[tuple[str, ...], ...] = ()  # published names of one shared tensor
-    rename_feature_proj: bool = False  # old `feature_proj` -> `feature_projection.feature_proj`
-    drop_on_save: tuple[str, ...] = ()  # published keys never written (absent from the real file)
-    key_map: Callable[[nn.Module], dict[str, str]] | None = None  # model -> {our key: published key}
-
-    def published_names(self, model: nn.Module) -> dict[str, str]:
-        """{our state-dict key: published key} for `model` (identity without a key map)."""
-        keys = list(model.state_dict().keys())
-        if self.key_map is None:
-            return {k: k for k in keys}
-        m = self.key_map(model)
-        return {k: m.get(k, k) for k in keys}
-
-    def _match(self, key: str, table: Mapping[str, str]) -> str | None:
-        for prefix, why in table.items():
-            if key.startswith(prefix):
-                return why
-        return None
-
-    def why_missing(self, key: str) -> str | None:
-        """Reason the published file may lack `key`, or None."""
-        return self._match(key, self.expected_missing)
-
-    def why_extra(self, key: str) -> str | None:
-        """Reason we ignore `key` in the file, or None."""
-        return self._match(key, self.expected_extra)
-
-# %% ../nbs/06_checkpoints.ipynb #87efea29
-_MAE = "MAE pretraining leftover, unused by the encoder"
-
-SIGNHIERA_LAYOUT = Layout(
-    name="sonar_signhiera",
-    file="dm_70h_ub_signhiera.pth",
-    model_classes=("SignHiera",),
-    state_keys=("model", "model_state"),
-    expected_missing={
-        "norm.": "MAE pretraining deletes the final norm; it only touches the pooled output, "
-                 "which extract_features discards (keeps its init)",
-        "head.": "the classification head is replaced by identity for feature extraction",
-    },
-    expected_extra={
-        "decoder": _MAE + " (MAE decoder)",
-        "multi_scale_fusion": _MAE + " (multi-scale fusion heads)",
-        "encoder_norm": _MAE + " (encoder norm)",
-        "mask_token": _MAE + " (mask token)",
-        "head.": "the classification head is replaced by identity for feature extraction",
-    },
-    rename_feature_proj=True,
-)
-
-ENCODER_LAYOUT = Layout(
-    name="sonar_encoder",
-    file="dm_70h_ub_sonar_encoder.pth",
-    model_classes=("SignT5SonarEncoder",),
-    state_keys=("student", "model", "model_state"),
-    expected_extra={
-        "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight":
-            "cross-attention has no relative position bias (Hugging Face T5 ignores this key too)",
-    },
-    tied_groups=(("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),),
-    rename_feature_proj=True,
-)
-
-
-def _decoder_key_map(model: nn.Module) -> dict[str, str]:
-    """{our key: fairseq2 key} for the text decoder, from `sonar.FAIRSEQ2_DECODER_KEY_MAP` (prefix map)."""
-    from sonar_thesis.sonar import FAIRSEQ2_DECODER_KEY_MAP as prefixes  # lazy: sonar may import this module
-
-    out = {}
-    for k in model.state_dict():
-        p = next((p for p in prefixes if k.startswith(p)), None)
-        out[k] = k if p is None else prefixes[p] + k[len(p):]  # unmapped keys keep their name (and show in the diff)
-    return out
-
-
-DECODER_LAYOUT = Layout(
-    name="sonar_decoder",
-    file="sonar_text_decoder.pt",
-    model_classes=("SonarTextDecoder",),
-    state_keys=("model",),
-    expected_missing={
-        "decoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build "
-                                              "(a non-persistent buffer in fairseq2)",
-    },
-    expected_extra={
-        "decoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build",
-    },
-    tied_groups=(("decoder_frontend.embed.weight", "final_proj.weight"),),
-    drop_on_save=("decoder_frontend.pos_encoder.freqs",),
-    key_map=_decoder_key_map,
-)
-
-TEXT_ENCODER_LAYOUT = Layout(  # no published spec to check against: fairseq2-style names, see 05_sonar
-    name="sonar_text_encoder",
-    file="sonar_text_encoder.pt",
-    model_classes=("SonarTextEncoder",),
-    state_keys=("model",),
-    expected_missing={"encoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build"},
-    expected_extra={"encoder_frontend.pos_encoder.freqs": "fixed sinusoidal table, recomputed at build"},
-    drop_on_save=("encoder_frontend.pos_encoder.freqs",),
-)
-
-LAYOUTS: dict[str, Layout] = {l.name: l for l in (SIGNHIERA_LAYOUT, ENCODER_LAYOUT, DECODER_LAYOUT,
-                                                  TEXT_ENCODER_LAYOUT)}
-
-# %% ../nbs/06_checkpoints.ipynb #1c695796
-def get_layout(layout: str | Layout) -> Layout:
-    """A `Layout` from its name (see `LAYOUTS`) or itself."""
-    if isinstance(layout, Layout):
-        return layout
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown checkpoint layout {layout!r}; known: {sorted(LAYOUTS)}")
-    return LAYOUTS[layout]
-
-# %% ../nbs/06_checkpoints.ipynb #77be5d7e
-def layout_for(model: nn.Module) -> Layout:
-    """The layout picked by the model's class: first class name in its MRO that a layout lists."""
-    for cls in type(model).__mro__:
-        for lay in LAYOUTS.values():
-            if cls.__name__ in lay.model_classes:
-                return lay
-    known = ", ".join(f"{c} -> {l.name}" for l in LAYOUTS.values() for c in l.model_classes)
-    raise CheckpointError(
-        f"no published checkpoint layout for a {type(model).__name__} ({known}); "
-        f"pass layout=<name or Layout> to load_published/save_published")
+__all__ = ['read_checkpoint', 'LoadReport', 'guess_layout', 'diff_checkpoint', 'load_published', 'published_state_dict',
+           'save_published', 'describe_checkpoint']
 
 # %% ../nbs/06_checkpoints.ipynb #abaebbd6
 def _unpickler_detail(e: BaseException) -> str:
@@ -341,39 +179,24 @@ def _strip_wrappers(sd: dict) -> tuple[dict, dict[str, str]]:
     return sd, orig
 
 # %% ../nbs/06_checkpoints.ipynb #77fa49d1
-def diff_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], layout: str | Layout | None = None,
-                    ) -> tuple[LoadReport, dict[str, torch.Tensor]]:
-    """Compare a file's state dict with `model`; return the report and {our key: tensor} to load."""
-    lay = get_layout(layout) if layout is not None else layout_for(model)
-    rep = LoadReport(layout=lay.name, source="<dict>")
-    ck, orig_of = _strip_wrappers(dict(state_dict))  # orig_of: current key -> original file key
-    if ck and orig_of:
-        k0 = next(iter(ck))
-        rep.stripped_prefix = orig_of[k0][: len(orig_of[k0]) - len(k0)]
-        orig_of = {k: k for k in ck}  # report renames beyond the wrapper prefix only
+def _rename_feature_proj(ck: dict, orig_of: dict, rep: LoadReport) -> dict:
+    """Old `feature_proj.*` names -> `feature_projection.feature_proj.*` (a file holding both is a conflict)."""
+    out = {}
+    for k, v in ck.items():
+        new = k.replace("feature_proj", "feature_projection.feature_proj") \
+            if "feature_proj" in k and "feature_projection" not in k else k
+        if new != k:
+            if new in ck:
+                rep.conflicts[new] = f"the file holds both {k!r} (old name) and {new!r}"
+                continue
+            orig_of[new] = orig_of.pop(k, k)
+        out[new] = v
+    return out
 
-    if lay.rename_feature_proj:
-        out = {}
-        for k, v in ck.items():
-            new = k.replace("feature_proj", "feature_projection.feature_proj") \
-                if "feature_proj" in k and "feature_projection" not in k else k
-            if new != k:
-                if new in ck:
-                    rep.conflicts[new] = f"the file holds both {k!r} (old name) and {new!r}"
-                    continue
-                orig_of[new] = orig_of.pop(k, k)
-            out[new] = v
-        ck = out
-    rep.renamed = {orig_of[k]: k for k in ck if k in orig_of and orig_of[k] != k}
-    rep.n_file = len(state_dict)
-
-    ours_to_pub = lay.published_names(model)
-    model_sd = model.state_dict()
-    pub_to_ours = {p: o for o, p in ours_to_pub.items()}
-    model_pub = {ours_to_pub[k]: v for k, v in model_sd.items()}
-    rep.n_model = len(model_pub)
-
-    for group in lay.tied_groups:  # one tensor under several names
+# %% ../nbs/06_checkpoints.ipynb #51090975
+def _resolve_tied(lay: Layout, ck: dict, model_pub: dict, rep: LoadReport) -> None:
+    """One tensor under several names: fill the names our model registers, drop the others (in place)."""
+    for group in lay.tied_groups:
         present = [k for k in group if k in ck]
         if not present:
             continue
@@ -393,6 +216,9 @@ def diff_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], layout: str
                 rep.expected_ignored[k] = f"tied alias of {ours[0]} (one tensor; our model does not register this name)"
                 del ck[k]
 
+# %% ../nbs/06_checkpoints.ipynb #89461d5a
+def _match_tensors(lay: Layout, ck: dict, model_pub: dict, pub_to_ours: dict, rep: LoadReport) -> dict[str, torch.Tensor]:
+    """Sort every key into loaded / missing / mismatched / unexpected / expected-ignored; return {our key: tensor}."""
     to_load: dict[str, torch.Tensor] = {}
     for k, target in model_pub.items():
         if k not in ck:
@@ -422,6 +248,33 @@ def diff_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], layout: str
             rep.expected_ignored[k] = why
         else:
             rep.unexpected[k] = _shape(v)
+    return to_load
+
+# %% ../nbs/06_checkpoints.ipynb #d4f56501
+def diff_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], layout: str | Layout | None = None,
+                    ) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """Compare a file's state dict with `model`; return the report and {our key: tensor} to load."""
+    lay = get_layout(layout) if layout is not None else layout_for(model)
+    rep = LoadReport(layout=lay.name, source="<dict>")
+    ck, orig_of = _strip_wrappers(dict(state_dict))  # orig_of: current key -> original file key
+    if ck and orig_of:
+        k0 = next(iter(ck))
+        rep.stripped_prefix = orig_of[k0][: len(orig_of[k0]) - len(k0)]
+        orig_of = {k: k for k in ck}  # report renames beyond the wrapper prefix only
+
+    if lay.rename_feature_proj:
+        ck = _rename_feature_proj(ck, orig_of, rep)
+    rep.renamed = {orig_of[k]: k for k in ck if k in orig_of and orig_of[k] != k}
+    rep.n_file = len(state_dict)
+
+    ours_to_pub = lay.published_names(model)
+    model_sd = model.state_dict()
+    pub_to_ours = {p: o for o, p in ours_to_pub.items()}
+    model_pub = {ours_to_pub[k]: v for k, v in model_sd.items()}
+    rep.n_model = len(model_pub)
+
+    _resolve_tied(lay, ck, model_pub, rep)
+    to_load = _match_tensors(lay, ck, model_pub, pub_to_ours, rep)
     if not rep.ok:
         rep.kind_hint = _kind_hint(lay, state_dict.keys())
     return rep, to_load
@@ -626,301 +479,3 @@ def describe_checkpoint(checkpoint: str | os.PathLike | Mapping, limit: int = 8,
             lines.append(f"  [{key!r}] {type(val).__name__}: {text[:100]}{'…' if len(text) > 100 else ''}")
     print("\n".join(lines))
     return info
-
-# %% ../nbs/06_checkpoints.ipynb #e2d63e7e
-@dataclass(frozen=True)
-class PublishedFile:
-    """One downloadable file."""
-
-    url: str  # http(s) or file:// URL
-    filename: str  # name under output_dir
-    sha256: str | None = None  # pinned hash (None: recorded in the lock file on first download)
-    size: int | None = None  # pinned size in bytes (optional)
-
-# %% ../nbs/06_checkpoints.ipynb #abc91188
-ASL_BASE_URL = "https://dl.fbaipublicfiles.com/SONAR/asl/"  # ssvp_slt examples/sonar/demo.sh
-SONAR_BASE_URL = "https://dl.fbaipublicfiles.com/SONAR/"  # SONAR card text_sonar_basic_decoder
-
-PUBLISHED: dict[str, tuple[PublishedFile, ...]] = {
-    "sonar_signhiera": (PublishedFile(ASL_BASE_URL + "dm_70h_ub_signhiera.pth", "dm_70h_ub_signhiera.pth"),),
-    "sonar_encoder": (PublishedFile(ASL_BASE_URL + "dm_70h_ub_sonar_encoder.pth", "dm_70h_ub_sonar_encoder.pth"),),
-    "sonar_decoder": (
-        PublishedFile(SONAR_BASE_URL + "sonar_text_decoder.pt", "sonar_text_decoder.pt"),
-        PublishedFile(SONAR_BASE_URL + "sentencepiece.source.256000.model", "sentencepiece.source.256000.model"),
-    ),
-    # the teacher of stage 2's optional embedding loss (SONAR card text_sonar_basic_encoder)
-    "sonar_text_encoder": (PublishedFile(SONAR_BASE_URL + "sonar_text_encoder.pt", "sonar_text_encoder.pt"),),
-    # the DailyMoth sample clip of the SONAR ASL demo: the zero-shot smoke test
-    "sonar_sample_clip": (PublishedFile(ASL_BASE_URL + "0043626-2023.1.4.mp4", "0043626-2023.1.4.mp4"),),
-}
-
-LOCK_NAME = "checksums.json"
-
-
-class DownloadError(RuntimeError):
-    """A download that could not finish; the message says what to do."""
-
-# %% ../nbs/06_checkpoints.ipynb #325190d6
-class ChecksumError(DownloadError):
-    """A file whose size or sha256 does not match the recorded one."""
-
-# %% ../nbs/06_checkpoints.ipynb #5c551ed9
-DEFAULT_OUTPUT = "models/published"  # `download`'s and `sonar-thesis download`'s default folder
-SUMS_NAME = "SHA256SUMS"  # `sha256sum * > SHA256SUMS` in a mirror folder
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-# %% ../nbs/06_checkpoints.ipynb #1d0e485c
-def _cmd(name: str, out_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> str:
-    """The shell command that (re)runs this download: `sonar-thesis download --model … [--output …] [--from …]`."""
-    args = ["sonar-thesis", "download", "--model", name]
-    if Path(out_dir) != Path(DEFAULT_OUTPUT):
-        args += ["--output", str(out_dir)]
-    if source is not None:
-        args += ["--from", str(source)]
-    return " ".join(shlex.quote(a) for a in args)
-
-# %% ../nbs/06_checkpoints.ipynb #105a3a6e
-def _file_url_path(url: str) -> Path | None:
-    """The local path of a `file://` URL (None for other schemes)."""
-    u = urllib.parse.urlparse(url)
-    if u.scheme != "file":
-        return None
-    if u.netloc not in ("", "localhost"):
-        raise DownloadError(f"{url}: only local file:// URLs are supported (file:///path/to/file)")
-    return Path(urllib.request.url2pathname(u.path))
-
-# %% ../nbs/06_checkpoints.ipynb #caab88c4
-def _manual_help(name: str, files: Iterable[PublishedFile], out_dir: Path, lock: Path) -> str:
-    """The two ways out when `files` (those of `name` still missing) cannot be fetched here."""
-    gets = []
-    for f in files:
-        src, dest = _file_url_path(f.url), shlex.quote(str(out_dir / f.filename))
-        gets.append(f"    cp {shlex.quote(str(src))} {dest}" if src is not None
-                    else f"    curl -L -C - -o {dest} {shlex.quote(f.url)}")
-    return (f"Either fetch by hand (here, or on a machine with internet access and copy into {out_dir}):\n"
-            + "\n".join(gets) + "\n"
-            f"then rerun `{_cmd(name, out_dir)}`: it records each file's size and sha256 in {lock} "
-            f"(or verifies them if they are already recorded).\n"
-            f"Or copy the published files into one folder DIR (a mirror: `{_cmd(name, 'DIR')}` on a machine "
-            f"with internet, or a cluster's shared copy) and run\n"
-            f"    {_cmd(name, out_dir, 'DIR')}")
-
-# %% ../nbs/06_checkpoints.ipynb #3c93526c
-def _copy(src: Path, part: Path, offset: int, chunk_size: int, progress: bool) -> int:
-    """Copy `src` into `part` from byte `offset` (appending), in chunks with a progress bar; return `src`'s size."""
-    total = src.stat().st_size
-    if offset > total:  # a stale part longer than the file: start over
-        offset = 0
-    with open(src, "rb") as inp, open(part, "ab" if offset else "wb") as out, \
-            tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=part.name[:-len(".part")], disable=not progress, leave=False) as bar:
-        inp.seek(offset)
-        while chunk := inp.read(chunk_size):
-            out.write(chunk)
-            bar.update(len(chunk))
-    return total
-
-# %% ../nbs/06_checkpoints.ipynb #866f8bf6
-def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool,
-           rerun: str = "sonar-thesis download") -> int | None:
-    """Download `url` into `part`, resuming from its current size; return the expected total size or None."""
-    offset = part.stat().st_size if part.exists() else 0
-    src = _file_url_path(url)
-    if src is not None:  # urllib opens file:// but ignores Range: read the file directly and seek
-        total = _copy(src, part, offset, chunk_size, progress)
-        if part.stat().st_size != total:
-            raise DownloadError(f"{url}: copied {part.stat().st_size:,} of {total:,} bytes; the partial data "
-                                f"is kept in {part} — rerun `{rerun}` to resume")
-        return total
-    headers = {"User-Agent": "sonar-thesis-download"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left to send: the part is already complete
-            return None
-        raise DownloadError(f"{url}: HTTP {e.code} {e.reason} — the URL may have moved: check PUBLISHED, or fetch "
-                            f"the file elsewhere and use `{rerun} --from DIR`") from e
-    with resp:
-        total = None
-        if offset and resp.status == 206:
-            m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
-            if not m or int(m.group(1)) != offset:
-                raise DownloadError(f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
-                                    f"for a resume at byte {offset}; delete {part} and rerun `{rerun}`")
-            total = int(m.group(2)) if m.group(2) != "*" else None
-            mode = "ab"
-        else:  # fresh, or the server ignored Range: start over
-            offset, mode = 0, "wb"
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length else None
-        with open(part, mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=part.name[:-len(".part")],
-                                           disable=not progress, leave=False) as bar:
-            try:
-                while chunk := resp.read(chunk_size):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            except (http.client.HTTPException, OSError) as e:
-                out.flush()
-                raise DownloadError(
-                    f"{url}: interrupted after {part.stat().st_size:,} bytes ({type(e).__name__}); the partial "
-                    f"data is kept in {part} — rerun `{rerun}` to resume") from e
-    got = part.stat().st_size
-    if total is not None and got != total:
-        raise DownloadError(f"{url}: got {got:,} of {total:,} bytes; the partial data is kept in {part} — "
-                            f"rerun `{rerun}` to resume")
-    return total
-
-# %% ../nbs/06_checkpoints.ipynb #74ca63a1
-def _mirror_sums(mirror: Path) -> dict[str, list[tuple]]:
-    """{filename: [(size, sha256, where)]} from a mirror's `checksums.json` and/or `SHA256SUMS`."""
-    out: dict[str, list[tuple]] = {}
-    lock = mirror / LOCK_NAME
-    if lock.is_file():
-        try:
-            table = read_json(lock)
-            assert isinstance(table, dict) and all(isinstance(v, dict) for v in table.values())
-        except (ValueError, AssertionError):
-            raise DownloadError(f"{lock}: not a {{filename: {{size, sha256}}}} JSON table — fix or delete it") from None
-        for fn, rec in table.items():
-            out.setdefault(fn, []).append((rec.get("size"), rec.get("sha256"), str(lock)))
-    sums = mirror / SUMS_NAME
-    if sums.is_file():
-        for i, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.rstrip("\r"))
-            if not m:
-                raise DownloadError(f"{sums}:{i}: not a `sha256  filename` line ({line[:60]!r}) — regenerate it "
-                                    f"with `sha256sum * > {SUMS_NAME}` in {mirror}")
-            fn = m.group(2).removeprefix("./")
-            out.setdefault(fn, []).append((None, m.group(1).lower(), str(sums)))
-    return out
-
-# %% ../nbs/06_checkpoints.ipynb #7958457e
-def _check(path: Path, expected: Iterable[tuple],  # (size or None, sha256 or None, where it comes from)
-           verify: bool = True, label: Path | None = None) -> str | None:
-    """Size (always) and sha256 (if `verify`) of `path` against every expectation; return the sha256 if computed."""
-    expected = [e for e in expected if e[0] is not None or e[1]]
-    label = label or path
-    got_size = path.stat().st_size
-    for size, _, what in expected:
-        if size is not None and got_size != size:
-            raise ChecksumError(f"{label}: {got_size:,} bytes, but {what} says {size:,}.")
-    shas = [(sha.lower(), what) for _, sha, what in expected if sha]
-    if not (shas and verify):
-        return None
-    got = sha256sum(path)
-    bad = [f"{sha} ({what})" for sha, what in shas if sha != got]
-    if bad:
-        raise ChecksumError(f"{label}: sha256 {got} does not match " + ", nor ".join(bad) + ".")
-    return got
-
-# %% ../nbs/06_checkpoints.ipynb #80062986
-def download(model: str = "all",  # a PUBLISHED name, or "all"
-             output_dir: str | os.PathLike = DEFAULT_OUTPUT,  # where the files go (+ checksums.json)
-             *,
-             source: str | os.PathLike | None = None,  # a mirror folder to copy the files from instead
-             published: Mapping[str, Iterable[PublishedFile]] | None = None,  # default: PUBLISHED
-             verify: bool = True,  # hash files already present (False: size check only)
-             progress: bool = True,  # tqdm bar per file
-             timeout: float = 60.0,  # seconds per connect/read
-             chunk_size: int = 1 << 20,
-             ) -> dict[str, Path]:
-    """Download (or copy from a mirror) published files with resume, record size+sha256 once, verify afterwards."""
-    table = dict(PUBLISHED if published is None else published)
-    if model != "all" and model not in table:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(table)} or 'all'")
-    names = list(table) if model == "all" else [model]
-    mirror = Path(source) if source is not None else None
-    if mirror is not None and not mirror.is_dir():
-        raise DownloadError(f"{mirror}: no such mirror folder — pass `--from` a folder holding the published files "
-                            f"side by side (e.g. filled by `{_cmd(model, mirror)}` on a machine with internet)")
-    mirror_sums = _mirror_sums(mirror) if mirror is not None else {}
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = out_dir / LOCK_NAME
-    lock: dict[str, dict] = read_json(lock_path) if lock_path.exists() else {}
-    paths: dict[str, Path] = {}
-    for name in names:
-        cmd = _cmd(name, out_dir, mirror)
-        for f in table[name]:
-            dest = out_dir / f.filename
-            rec = lock.get(f.filename, {})
-            size, sha = f.size or rec.get("size"), f.sha256 or rec.get("sha256")
-            what = "the pinned hash in PUBLISHED" if f.sha256 else f"{lock_path} (recorded {rec.get('recorded', '?')})"
-            expected = [(size, sha, what), *mirror_sums.get(f.filename, [])]
-            if dest.exists():
-                try:
-                    got = _check(dest, expected, verify or not sha)  # unrecorded files are hashed anyway
-                except ChecksumError as e:
-                    raise ChecksumError(f"{e} The file changed or is corrupt: delete it and rerun `{cmd}` to fetch "
-                                        f"it again (if a new upstream version is intended, also delete its entry "
-                                        f"in {lock_path}).") from None
-                if sha:
-                    print(f"{dest}: present, {'verified' if verify else 'size checked'}")
-                else:  # put there by hand (or lock file deleted): record it now
-                    lock[f.filename] = {"url": f.url, "size": dest.stat().st_size, "sha256": got or sha256sum(dest),
-                                        "recorded": _now(), "how": "found in place"}
-                    write_json(lock_path, lock)
-                    print(f"{dest}: present, size and sha256 recorded in {lock_path}")
-                paths[f.filename] = dest
-                continue
-            part = dest.with_name(dest.name + ".part")
-            if mirror is not None:
-                src = mirror / f.filename
-                if not src.is_file():
-                    raise DownloadError(
-                        f"{mirror}: no {f.filename} in this mirror folder — copy it there (from a machine with "
-                        f"internet: `{_cmd(name, mirror)}`, or `curl -L -o {shlex.quote(str(src))} {f.url}`), "
-                        f"then rerun `{cmd}`")
-                how, label = f"copied from {os.path.abspath(mirror)}", src
-                try:
-                    _copy(src, part, 0, chunk_size, progress)  # a local copy is cheap: never resumed
-                except OSError as e:
-                    part.unlink(missing_ok=True)
-                    raise DownloadError(f"{src}: copy failed ({type(e).__name__}: {e}); rerun `{cmd}`") from e
-            else:
-                how, label = "downloaded", None
-                if part.exists():
-                    print(f"{dest}: resuming from {part.stat().st_size:,} bytes")
-                try:
-                    _fetch(f.url, part, timeout, chunk_size, progress, rerun=cmd)
-                except DownloadError:
-                    raise
-                except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
-                    reason = getattr(e, "reason", e)
-                    local = _file_url_path(f.url)
-                    missing = [g for g in table[name] if not (out_dir / g.filename).exists()]
-                    first = (f"Could not read {f.url} ({reason}) — is {local.parent} mounted on this machine?"
-                             if local is not None else
-                             f"Could not reach {f.url} ({reason}) — offline, or the host is blocked?")
-                    raise DownloadError(first + "\n" + _manual_help(name, missing, out_dir, lock_path)) from e
-            try:
-                got = _check(part, expected, label=label)
-            except ChecksumError as e:
-                part.unlink()
-                if mirror is not None:
-                    raise ChecksumError(f"{e} The copy was deleted, nothing was written to {dest}: replace the "
-                                        f"mirror's file (or, if this other version is intended, delete its entry in "
-                                        f"{lock_path}), then rerun `{cmd}`.") from None
-                raise ChecksumError(f"{e} The downloaded copy was deleted; the remote file differs from "
-                                    f"the recorded one — check the URL, or delete the entry in {lock_path} "
-                                    f"if a new upstream version is intended, then rerun `{cmd}`.") from None
-            if not sha:
-                lock[f.filename] = {"url": f.url, "size": part.stat().st_size, "sha256": got or sha256sum(part),
-                                    "recorded": _now(), "how": how}
-                write_json(lock_path, lock)
-            os.replace(part, dest)  # only after verification
-            checked = [w for _, s, w in expected if s]
-            print(f"{dest}: {how}, {dest.stat().st_size:,} bytes, sha256 "
-                  + (f"verified against {', '.join(checked)}" if checked else "")
-                  + ("; " if checked and not sha else "")
-                  + ("" if sha else f"recorded in {lock_path}"))
-            paths[f.filename] = dest
-    return paths

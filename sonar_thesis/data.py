@@ -5,13 +5,9 @@
 # %% ../nbs/02_data.ipynb #cf37688e
 from __future__ import annotations
 
-import contextlib
 import csv
 import io as _io
-import logging
 import math
-import os
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -22,14 +18,13 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Config, DataConfig, load_config
+from .config import Config, load_config
+from .config_sections import DataConfig
 from .io import MANIFEST_COLUMNS, atomic_path, read_tsv, write_json, write_tsv
-
-_logger = logging.getLogger(__name__)
+from .video_probe import VideoError, VideoInfo, index_videos, probe_video
 
 # %% auto #0
-__all__ = ['HOW2SIGN_COLUMNS', 'VIDEO_SUFFIXES', 'Sentence', 'detect_delimiter', 'read_how2sign_csv', 'index_videos',
-           'VideoError', 'open_video', 'VideoInfo', 'probe_video', 'cut_video', 'validate_sentences',
+__all__ = ['HOW2SIGN_COLUMNS', 'Sentence', 'detect_delimiter', 'read_how2sign_csv', 'cut_video', 'validate_sentences',
            'check_against_video', 'prepare_split', 'prepare', 'format_report', 'write_test_video', 'make_fixture',
            'prepare_all']
 
@@ -101,129 +96,6 @@ def read_how2sign_csv(path: str | Path) -> tuple[list[Sentence], list[dict]]:
         sentences.append(Sentence(n, g["VIDEO_ID"], g["VIDEO_NAME"], g["SENTENCE_ID"], g["SENTENCE_NAME"],
                                   start, end, cells[idx["SENTENCE"]].strip()))
     return sentences, problems
-
-# %% ../nbs/02_data.ipynb #ebea0ba0
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-
-def index_videos(root: str | Path) -> dict[str, Path]:
-    """Map VIDEO_NAME (file stem) → path for every video file under `root`."""
-    out = {}
-    for p in sorted(Path(root).rglob("*")):
-        if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."):
-            out.setdefault(p.stem, p)
-    return out
-
-# %% ../nbs/02_data.ipynb #1d6dce97
-class VideoError(RuntimeError):
-    """A video that is missing, undecodable or empty; the message names the file."""
-
-# %% ../nbs/02_data.ipynb #15b11897
-def _short(e: BaseException) -> str:
-    """First meaningful line of an exception (decord's carry a C++ stack trace)."""
-    lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(("[bt]", "Stack"))]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-
-# %% ../nbs/02_data.ipynb #1951361f
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Keep what decord's C++ side prints on fd 2 (FFmpeg's and dmlc's error lines) out of the terminal: the
-    VideoError raised instead says it in one line."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):      # no real file descriptor (a notebook's stream)
-        yield
-        return
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-# %% ../nbs/02_data.ipynb #9e7c4e3d
-def open_video(path: str | Path, num_threads: int = 1):
-    """Open `path` with decord (RGB frames); return `(reader, n_frames, fps)` or raise VideoError."""
-    import decord
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: no such video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes) — re-cut or re-download it")
-    try:
-        with _quiet_native_stderr():
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-        n, fps = len(vr), float(vr.get_avg_fps())
-    except Exception as e:
-        raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
-    _check_count_and_rate(path, n, fps)
-    return vr, n, fps
-
-# %% ../nbs/02_data.ipynb #21d5abb7
-def _check_count_and_rate(path: Path, n: int, fps: float) -> None:
-    if n <= 0:
-        raise VideoError(f"{path}: video has 0 frames")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"{path}: no usable frame rate ({fps!r})")
-
-# %% ../nbs/02_data.ipynb #30ddfb6b
-def _get_batch(vr, indices, path) -> np.ndarray:
-    """Decode source frames `indices` (sorted, unique) with decord → uint8 [K, H, W, 3]; errors name the file."""
-    try:
-        return vr.get_batch(list(map(int, indices))).asnumpy()
-    except Exception as e:
-        raise VideoError(f"{path}: decoding frames {indices[0]}..{indices[-1]} failed ({_short(e)})") from None
-
-# %% ../nbs/02_data.ipynb #34d0e97c
-@dataclass
-class VideoInfo:
-    path: Path
-    fps: float
-    n_frames: int
-    duration: float          # seconds
-    shape: tuple[int, int]   # (H, W) of a decoded frame
-    reader: str              # 'decord' | 'pyav': the decoder that reads this file
-
-# %% ../nbs/02_data.ipynb #c8109591
-def _probe_pyav(path: Path) -> VideoInfo:
-    """PyAV's reading: the container's frame count (else its packets), rate, and frame 0 decoded; raises VideoError."""
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ValueError("no video stream")
-            st = c.streams.video[0]
-            fps = float(st.average_rate or st.guessed_rate or 0)
-            n = st.frames or sum(1 for pk in c.demux(st) if pk.size)   # no count in the container: its packets
-        with av.open(str(path)) as c:
-            first = next(c.decode(video=0), None)
-            if first is None:
-                raise ValueError("no frame decodes")
-    except Exception as e:
-        raise VideoError(f"{path}: cannot decode ({_short(e)}) — re-encode it or drop it from the manifest") from None
-    _check_count_and_rate(path, n, fps)
-    return VideoInfo(path, fps, int(n), n / fps, (first.height, first.width), "pyav")
-
-# %% ../nbs/02_data.ipynb #ec6da40d
-def probe_video(path: str | Path) -> VideoInfo:
-    """Frame rate, count, duration and size of a video by the project's one reading rule: decord when it opens
-    the file and decodes frame 0, else PyAV (`reader` says which); VideoError naming the file when neither can."""
-    path = Path(path)
-    try:
-        vr, n, fps = open_video(path)
-        shape = tuple(_get_batch(vr, [0], path).shape[1:3])
-        del vr                                       # a live reader that has decoded inflates memory (03_video)
-        return VideoInfo(path, fps, n, n / fps, shape, "decord")
-    except VideoError as e:
-        if not path.is_file() or path.stat().st_size == 0:
-            raise
-        refused = e
-    try:
-        info = _probe_pyav(path)
-    except VideoError:
-        raise refused from None                      # neither reads it: decord's reason, as before
-    _logger.info("%s: decord refuses it (%s); it is read with PyAV", path, refused)
-    return info
 
 # %% ../nbs/02_data.ipynb #1e1405a1
 def _open_encoder(path: Path, width: int, height: int, fps: float, crf: int):
@@ -338,22 +210,11 @@ def _signers(domain_dir: Path, split: str) -> dict[str, str]:
     return {r["SENTENCE_NAME"]: r.get("signer", "") for r in read_tsv(p)} if p.exists() else {}
 
 # %% ../nbs/02_data.ipynb #b4d0eb60
-def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: DataConfig,
-                  videos: dict[str, Path] | None = None, progress: bool = True) -> dict:
-    """Cut one split's clips and write `out_dir/{split}.tsv`; returns the split's report."""
-    domain_dir, out_dir = Path(domain_dir), Path(out_dir)
-    csv_path = domain_dir / f"how2sign_realigned_{split}.csv"
-    sentences, problems = read_how2sign_csv(csv_path)
-    n_rows = len(sentences) + len(problems)
-    sentences, p2 = validate_sentences(sentences, cfg.min_clip_seconds)
-    problems += p2
-    videos = index_videos(domain_dir) if videos is None else videos
-    by_video: dict[str, list[Sentence]] = defaultdict(list)
-    for s in sentences:
-        by_video[s.video_name].append(s)
-
+def _plan_cuts(by_video: dict[str, list[Sentence]], videos: dict[str, Path], domain_dir: Path, clips_dir: Path,
+               cfg: DataConfig, problems: list[dict]) -> tuple[list, int, dict[str, VideoInfo]]:
+    """Probe each video and check its rows against it (updates `by_video`, appends to `problems`); returns the
+    cut jobs for clips not cut yet, the number of clamped ends and the probed videos."""
     jobs, clamped, infos = [], 0, {}
-    clips_dir = out_dir / "clips" / split
     for name, group in by_video.items():
         if name not in videos:
             problems += [_problem(s, "missing_video", f"no {name}.mp4 under {domain_dir}") for s in group]
@@ -371,10 +232,14 @@ def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: 
         if todo:
             jobs.append((info, todo, clips_dir, cfg.clip_crf))
         by_video[name] = group
+    return jobs, clamped, infos
 
+# %% ../nbs/02_data.ipynb #7feee24b
+def _run_cuts(jobs: list, num_workers: int, desc: str, progress: bool) -> tuple[dict[str, int], dict[str, str]]:
+    """Run the cut jobs (in worker processes when several); returns {clip name: frames} and {video: error}."""
     counts: dict[str, int] = {}
-    workers = max(1, min(cfg.num_workers, len(jobs)))
-    bar = tqdm(total=len(jobs), desc=f"cut {domain_dir.name}/{split}", unit="video", disable=not progress)
+    workers = max(1, min(num_workers, len(jobs)))
+    bar = tqdm(total=len(jobs), desc=desc, unit="video", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
             results = list(ex.map(_cut_job, jobs)) if not progress else [r for r in _tick(ex.map(_cut_job, jobs), bar)]
@@ -386,8 +251,14 @@ def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: 
         counts.update(got)
         if err:
             failed_videos[name] = err
+    return counts, failed_videos
 
-    signers, rows = _signers(domain_dir, split), []
+# %% ../nbs/02_data.ipynb #3a036193
+def _manifest_rows(by_video: dict[str, list[Sentence]], infos: dict[str, VideoInfo], clips_dir: Path,
+                   counts: dict[str, int], failed_videos: dict[str, str], signers: dict[str, str],
+                   problems: list[dict]) -> list[dict]:
+    """One manifest row per clip with frames (sorted by id); failed or empty clips go to `problems`."""
+    rows = []
     for name, group in by_video.items():
         if name not in infos:
             continue
@@ -404,6 +275,27 @@ def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: 
                              video_id=s.video_id, start=f"{s.start:.2f}", end=f"{s.end:.2f}",
                              fps=f"{infos[name].fps:g}", signer=signers.get(s.sentence_name, "")))
     rows.sort(key=lambda r: r["id"])
+    return rows
+
+# %% ../nbs/02_data.ipynb #946f93a2
+def prepare_split(domain_dir: str | Path, split: str, out_dir: str | Path, cfg: DataConfig,
+                  videos: dict[str, Path] | None = None, progress: bool = True) -> dict:
+    """Cut one split's clips and write `out_dir/{split}.tsv`; returns the split's report."""
+    domain_dir, out_dir = Path(domain_dir), Path(out_dir)
+    csv_path = domain_dir / f"how2sign_realigned_{split}.csv"
+    sentences, problems = read_how2sign_csv(csv_path)
+    n_rows = len(sentences) + len(problems)
+    sentences, p2 = validate_sentences(sentences, cfg.min_clip_seconds)
+    problems += p2
+    videos = index_videos(domain_dir) if videos is None else videos
+    by_video: dict[str, list[Sentence]] = defaultdict(list)
+    for s in sentences:
+        by_video[s.video_name].append(s)
+
+    clips_dir = out_dir / "clips" / split
+    jobs, clamped, infos = _plan_cuts(by_video, videos, domain_dir, clips_dir, cfg, problems)
+    counts, failed_videos = _run_cuts(jobs, cfg.num_workers, f"cut {domain_dir.name}/{split}", progress)
+    rows = _manifest_rows(by_video, infos, clips_dir, counts, failed_videos, _signers(domain_dir, split), problems)
     write_tsv(out_dir / f"{split}.tsv", rows, MANIFEST_COLUMNS + ("video_id", "start", "end", "fps", "signer"))
     repeated = sum(c - 1 for c in Counter(r["translation"] for r in rows).values() if c > 1)
     reasons = Counter(p["reason"] for p in problems)

@@ -11,693 +11,26 @@ import hashlib
 import importlib
 import io
 import json
-import math
 import multiprocessing
 import zipfile
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from .config import SynthConfig, SynthDomainConfig, load_config, to_dict
+from .config import load_config
+from .config_checks import to_dict
+from .config_sections import SynthConfig, SynthDomainConfig
 from .io import atomic_path, atomic_write, write_json, write_tsv
+from .synth_render import (HAND_NAMES, POSE_NAMES, SOURCE_SIGNER, VARIED_BACKGROUNDS, make_signers,
+                                       render_sentence_frames, render_video)
+from .synth_signs import (DOMAINS, PALM_COLOURS, SHARED_WORDS, SOURCE_WORDS, SPLITS, TARGET_WORDS,
+                                      sample_sentence, sentence_text, vocabulary)
 
 # %% auto #0
-__all__ = ['SHARED_WORDS', 'SOURCE_WORDS', 'TARGET_WORDS', 'DOMAINS', 'SPLITS', 'HANDSHAPES', 'REST_HANDSHAPE', 'HAND_SCALE',
-           'HAND_EDGES', 'SIGN_LOCATIONS', 'MOTIONS', 'PALM_COLOURS', 'PATTERNS', 'TWO_HANDS', 'SIGN_TRANSITION',
-           'REST_TRANSITION', 'REST_GAP', 'LEAD_IN', 'TAIL', 'ASTRONAUT_FACE_BOX', 'ASTRONAUT_FACE_KEYPOINTS',
-           'SOURCE_SKIN', 'SOURCE_SIGNER', 'PLAIN_BACKGROUND', 'VARIED_BACKGROUNDS', 'POSE_NAMES', 'HAND_NAMES',
-           'CSV_COLUMNS', 'META_COLUMNS', 'GENERATOR_VERSION', 'vocabulary', 'sample_sentence', 'sentence_text',
-           'hand_keypoints', 'Sign', 'sign_for_word', 'build_timeline', 'astronaut_head', 'Signer', 'make_signers',
-           'make_background', 'Layout', 'make_layout', 'static_layer', 'pose_units', 'draw_frame', 'render_video',
-           'video_plan', 'render_sentence_frames', 'write_video', 'save_npz', 'write_how2sign_csv', 'plan_corpus',
+__all__ = ['CSV_COLUMNS', 'META_COLUMNS', 'GENERATOR_VERSION', 'write_video', 'save_npz', 'write_how2sign_csv', 'plan_corpus',
            'generate_corpus', 'crop_box', 'signer_crop', 'example_grid', 'face_detection_rate']
-
-# %% ../nbs/01_synth.ipynb #f94ff5b7
-SHARED_WORDS = tuple("the a first then now next today you we it is this good new big small very many "
-                     "people time day with and will can for".split())
-SOURCE_WORDS = tuple("president reporters police city government officials election weather market "
-                     "storm law news met said announced vote yesterday tonight".split())   # news only
-TARGET_WORDS = tuple("mix cut fold add pour stir paint press wait flour paper bowl brush water spoon "
-                     "glue slowly carefully gently".split())                              # instructional only
-DOMAINS = ("source", "target")
-SPLITS = ("train", "val", "test")
-
-def vocabulary(domain: Optional[str] = None) -> list[str]:
-    """Sorted words of one domain (`source`/`target`), or of both when `domain` is None."""
-    if domain is None:
-        return sorted(set(SHARED_WORDS) | set(SOURCE_WORDS) | set(TARGET_WORDS))
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    return sorted(set(SHARED_WORDS) | set(SOURCE_WORDS if domain == "source" else TARGET_WORDS))
-
-# %% ../nbs/01_synth.ipynb #69e1b5a7
-_SEQ = ["first", "then", "now", "next"]
-_ADJ = ["good", "new", "big", "small"]
-_NEWS_TIME = ["today", "yesterday", "tonight"]
-_NEWS_PEOPLE = ["the president", "the police", "the officials", "reporters", "many people"]
-_VERB_OBJ = {"mix": ["flour", "water", "glue", "paint"], "cut": ["paper"], "fold": ["paper"],
-             "add": ["flour", "water", "glue"], "pour": ["water", "flour", "paint"],
-             "stir": ["flour", "water", "glue", "paint"], "paint": ["paper", "bowl"], "press": ["paper"]}
-_VERB_TOOL = {"mix": ["spoon"], "stir": ["spoon", "brush"], "paint": ["brush"], "press": ["spoon"]}
-_ADV = ["slowly", "carefully", "gently"]
-
-def _pick(rng, xs):
-    return xs[int(rng.integers(len(xs)))]
-
-# %% ../nbs/01_synth.ipynb #7bf9ef66
-def _maybe(rng, p, xs) -> list[str]:
-    return _pick(rng, xs).split() if rng.random() < p else []
-
-# %% ../nbs/01_synth.ipynb #56754918
-_NEWS_WEIGHTS = (0.2, 0.17, 0.17, 0.13, 0.15, 0.08, 0.07, 0.03)   # rarer: templates with few variants
-
-def _news(rng) -> list[str]:
-    k, very = int(rng.choice(8, p=_NEWS_WEIGHTS)), (["very"] if rng.random() < 0.3 else [])
-    seq, when = _maybe(rng, 0.35, _SEQ), _maybe(rng, 0.6, _NEWS_TIME)
-    if k == 0:
-        subj = _pick(rng, ["the president", "the police", "the officials", "we", "you"])
-        obj = _pick(rng, [p for p in _NEWS_PEOPLE if p != subj])
-        return seq + subj.split() + ["met"] + _maybe(rng, 0.4, ["with"]) + obj.split() + when
-    if k == 1:
-        subj = _pick(rng, ["the president", "the government", "the city", "the police", "the officials"])
-        obj = _pick(rng, ["a new law", "the election", "the news", "a big storm"])
-        return seq + subj.split() + ["announced"] + obj.split() + when
-    if k == 2:
-        subj = _pick(rng, ["the police", "the president", "the officials", "reporters"])
-        clause = _pick(rng, [["it", "is"] + very + [_pick(rng, _ADJ)],
-                             ["the", _pick(rng, ["weather", "market", "storm", "city"]), "is"] + very + [_pick(rng, _ADJ)],
-                             ["people", "will", "vote"] + when])
-        return subj.split() + ["said"] + clause
-    if k == 3:
-        return ["the", _pick(rng, ["weather", "market", "storm", "city", "news"]), "is"] + very + [_pick(rng, _ADJ)] + when
-    if k == 4:
-        subj = _pick(rng, ["you can", "we will", "many people will", "the city will", "people can"])
-        return subj.split() + ["vote"] + _maybe(rng, 0.6, ["for the law", "for the president", "for a new government"]) + when
-    if k == 5:
-        a, b = rng.permutation(["news", "weather", "market"])[:2]
-        return [_pick(rng, ["now", "next", "then"]), "the", str(a), "and", "the", str(b)] + _maybe(rng, 0.4, _NEWS_TIME)
-    if k == 6:
-        return ["it", "is", "a"] + very + [_pick(rng, ["good", "big"]), _pick(rng, ["day", "time"]), "for", "the",
-                                           _pick(rng, ["city", "market", "president", "police"])]
-    return ["this", "is", "the", "news"] + _maybe(rng, 0.8, _NEWS_TIME)
-
-# %% ../nbs/01_synth.ipynb #7ee6021c
-def _howto(rng) -> list[str]:
-    k, very = int(rng.integers(11)), (["very"] if rng.random() < 0.3 else [])
-    seq = _maybe(rng, 0.7, _SEQ)
-    v = _pick(rng, list(_VERB_OBJ))
-    o = _pick(rng, _VERB_OBJ[v])
-    if k == 0:
-        return seq + [v, "the", o, _pick(rng, _ADV)]
-    if k == 1:
-        return seq + [v, "the", _pick(rng, _ADJ), o]
-    if k == 2:
-        return [_pick(rng, ["you", "we"]), _pick(rng, ["can", "will"]), v, "the", o] + _maybe(rng, 0.6, _ADV)
-    if k == 3:
-        v = _pick(rng, list(_VERB_TOOL))
-        return seq + [v, "the", _pick(rng, _VERB_OBJ[v]), "with", _pick(rng, ["the", "a"]), _pick(rng, _VERB_TOOL[v])]
-    if k == 4:
-        return [_pick(rng, _SEQ), v, "it"] + very + [_pick(rng, _ADV)]
-    if k == 5:
-        return ["this", "is", "a"] + very + [_pick(rng, _ADJ), _pick(rng, ["brush", "spoon", "bowl", "paper", "glue"])]
-    if k == 6:
-        v2 = _pick(rng, [w for w, objs in _VERB_OBJ.items() if o in objs and w != v] or [v])
-        return [v, "the", o, "and", v2, "it"] + _maybe(rng, 0.5, _ADV)
-    if k == 7:
-        return seq + ["wait", "for", "a", "day"]
-    if k == 8:
-        return seq + ["it", "is", "time", "for", "the", _pick(rng, ["glue", "paint", "water", "flour"])]
-    if k == 9:
-        return ["many", "people", v, "the", o] + _maybe(rng, 0.5, _ADV)
-    return ["today", "we", "will", v, "the", o]
-
-# %% ../nbs/01_synth.ipynb #f9014102
-def sample_sentence(domain: str, rng: np.random.Generator) -> list[str]:
-    """One sentence (3–8 lowercase words) from the domain's grammar."""
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    while True:
-        words = (_news if domain == "source" else _howto)(rng)
-        if 3 <= len(words) <= 8:
-            return words
-
-# %% ../nbs/01_synth.ipynb #1a187731
-def sentence_text(words: list[str]) -> str:
-    """Words → reference text: first word capitalised, final period."""
-    s = " ".join(words)
-    return s[:1].upper() + s[1:] + "."
-
-# %% ../nbs/01_synth.ipynb #13302bdd
-HANDSHAPES: dict[str, tuple[float, ...]] = {  # finger extension, thumb→pinky (ASL-like names)
-    "fist": (0, 0, 0, 0, 0), "A": (1, 0, 0, 0, 0), "B": (0, 1, 1, 1, 1), "5": (1, 1, 1, 1, 1),
-    "1": (0, 1, 0, 0, 0), "V": (0, 1, 1, 0, 0), "W": (0, 1, 1, 1, 0), "Y": (1, 0, 0, 0, 1),
-    "L": (1, 1, 0, 0, 0), "I": (0, 0, 0, 0, 1), "3": (1, 1, 1, 0, 0), "horns": (0, 1, 0, 0, 1),
-}
-REST_HANDSHAPE = (0.3, 0.6, 0.6, 0.6, 0.6)  # relaxed hand, hands low between sentences
-HAND_SCALE = 1.25      # hand size relative to the canonical frame (palm ≈ 0.6 face widths: ≥ 8 px in a 64 px crop)
-HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11),
-              (11, 12), (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (17, 18), (18, 19), (19, 20), (0, 17)]
-
-_MCP = {1: (0.24, -0.22), 2: (0.08, -0.26), 3: (-0.08, -0.25), 4: (-0.22, -0.2)}   # index..pinky knuckles
-_FINGER_LEN = {1: 0.44, 2: 0.48, 3: 0.45, 4: 0.36}
-_FINGER_TILT = {1: 0.16, 2: 0.02, 3: -0.12, 4: -0.26}                              # radians from "up"
-
-def hand_keypoints(shape: str | tuple[float, ...]) -> np.ndarray:
-    """[21, 2] canonical keypoints (right hand, palm to camera, fingers up, palm centre at 0) for a handshape."""
-    return _hand_keypoints(tuple(float(v) for v in (HANDSHAPES[shape] if isinstance(shape, str) else shape))).copy()
-
-# %% ../nbs/01_synth.ipynb #df5f5a47
-@lru_cache(maxsize=None)
-def _hand_keypoints(ext: tuple[float, ...]) -> np.ndarray:
-    ext = np.asarray(ext, dtype=np.float64)
-    kp = np.zeros((21, 2))
-    kp[0] = (0.0, 0.30)
-    # thumb: extended it points up-and-out; curled it folds across the palm
-    cmc = np.array([0.15, 0.18])
-    a = 0.95
-    d = np.array([math.sin(a), -math.cos(a)])
-    ext_t = [cmc + d * 0.17, cmc + d * 0.31, cmc + d * 0.42]
-    cur_t = [np.array([0.2, 0.02]), np.array([0.1, -0.06]), np.array([-0.02, -0.06])]
-    kp[1] = cmc
-    for j in range(3):
-        kp[2 + j] = ext[0] * ext_t[j] + (1 - ext[0]) * cur_t[j]
-    for f in range(1, 5):
-        mcp, L, t = np.array(_MCP[f]), _FINGER_LEN[f], _FINGER_TILT[f]
-        d = np.array([math.sin(t), -math.cos(t)])
-        ext_f = [mcp + d * L * 0.45, mcp + d * L * 0.75, mcp + d * L]
-        cur_f = [mcp + np.array([0, -0.1]), mcp + np.array([0, -0.02]), mcp + np.array([0, 0.06])]
-        b = 5 + 4 * (f - 1)
-        kp[b] = mcp
-        for j in range(3):
-            kp[b + 1 + j] = ext[f] * ext_f[j] + (1 - ext[f]) * cur_f[j]
-    kp.flags.writeable = False
-    return kp
-
-# %% ../nbs/01_synth.ipynb #d2f6a700
-SIGN_LOCATIONS = {  # dominant palm centre (signer units)
-    "cheek": (-1.3, 0.75), "shoulder": (-1.05, 1.55), "chest": (-0.35, 1.7), "cross": (0.45, 1.95),
-    "belly": (-0.2, 2.65), "side": (-1.4, 2.4), "front": (-0.7, 2.15), "low-cross": (0.35, 2.7)}
-MOTIONS = ("line", "arc", "circle", "zigzag", "tap")
-PALM_COLOURS = {"red": (225, 30, 40), "orange": (255, 140, 0), "yellow": (250, 220, 30), "green": (30, 170, 60),
-                "cyan": (0, 200, 225), "blue": (35, 70, 235), "magenta": (210, 40, 190), "white": (250, 250, 250)}
-PATTERNS = ("solid", "stripes", "dot", "ring")
-TWO_HANDS = ("none", "mirror", "base")
-_BASE_POS = (0.45, 2.55)          # non-dominant "base" hand, palm centre
-_BASE_ANGLE = -math.pi / 2        # fingers pointing to the image's left
-_SIGN_TABLE_SEED = 20261124
-
-@dataclass(frozen=True)
-class Sign:
-    """The sign of one word (positions in signer units, angles in radians, 0 = fingers up)."""
-    word: str
-    duration: float        # seconds at speed 1.0
-    location: str          # key of SIGN_LOCATIONS
-    motion: str            # one of MOTIONS
-    direction: float       # motion direction (radians, image coordinates)
-    amplitude: float       # motion size, signer units
-    angle: float           # dominant hand orientation
-    handshape: str         # dominant handshape (HANDSHAPES key)
-    colour: str            # palm colour (PALM_COLOURS key), both hands when mirrored
-    pattern: str           # one of PATTERNS
-    two_hand: str          # none | mirror | base
-    base_handshape: str    # non-dominant handshape when two_hand == "base"
-    base_colour: str       # non-dominant palm colour when two_hand == "base"
-
-# %% ../nbs/01_synth.ipynb #f82f9774
-@lru_cache(maxsize=1)
-def _sign_table() -> dict[str, Sign]:
-    rng = np.random.default_rng(_SIGN_TABLE_SEED)
-    locs, cols, shapes = list(SIGN_LOCATIONS), list(PALM_COLOURS), list(HANDSHAPES)
-    taken: list[tuple[int, int, int, int]] = []
-    table = {}
-    for word in vocabulary():
-        while True:
-            cue = (int(rng.integers(len(locs))), int(rng.integers(len(MOTIONS))),
-                   int(rng.integers(len(cols))), int(rng.integers(len(shapes))))
-            if all(c[:3] != cue[:3] and sum(a != b for a, b in zip(c, cue)) >= 2 for c in taken):
-                break
-        taken.append(cue)
-        two = TWO_HANDS[int(rng.choice(3, p=[0.45, 0.3, 0.25]))]
-        table[word] = Sign(
-            word=word, duration=round(0.4 + 0.2 * float(rng.random()), 3), location=locs[cue[0]],
-            motion=MOTIONS[cue[1]], direction=round(float(rng.integers(8)) * math.pi / 4, 4),
-            amplitude=round(0.45 + 0.25 * float(rng.random()), 3),
-            angle=round(float(rng.choice([-0.45, -0.2, 0.0, 0.25, 0.5])), 3), handshape=shapes[cue[3]],
-            colour=cols[cue[2]], pattern=PATTERNS[int(rng.integers(len(PATTERNS)))], two_hand=two,
-            base_handshape=str(rng.choice(["B", "5", "fist"])),
-            base_colour=cols[(cue[2] + 1 + int(rng.integers(len(cols) - 1))) % len(cols)])
-    return table
-
-# %% ../nbs/01_synth.ipynb #d7fee2ad
-def sign_for_word(word: str) -> Sign:
-    """The (fixed) sign of a vocabulary word."""
-    table = _sign_table()
-    if word not in table:
-        raise KeyError(f"{word!r} is not in the synthetic vocabulary ({len(table)} words; see vocabulary())")
-    return table[word]
-
-# %% ../nbs/01_synth.ipynb #5b0faad2
-_COLOUR_IDS = {c: i for i, c in enumerate(PALM_COLOURS)}
-_PATTERN_IDS = {p: i for i, p in enumerate(PATTERNS)}
-SIGN_TRANSITION = 0.12       # s between two signs (at speed 1)
-REST_TRANSITION = 0.28       # s between rest and the first / last sign (at speed 1)
-REST_GAP = (0.6, 1.2)        # s of rest between sentences
-LEAD_IN, TAIL = (0.4, 0.8), (0.4, 0.7)
-
-@dataclass
-class _Hand:
-    x: float
-    y: float
-    ang: float
-    kp: np.ndarray        # [21, 2] canonical keypoints
-    colour: int = -1      # PALM_COLOURS index, -1 = bare skin
-    pattern: int = 0
-
-# %% ../nbs/01_synth.ipynb #dbde0279
-def _lerp_hand(a: _Hand, b: _Hand, s: float) -> _Hand:
-    c = a if s < 0.5 else b
-    return _Hand(a.x + (b.x - a.x) * s, a.y + (b.y - a.y) * s, a.ang + (b.ang - a.ang) * s,
-                 a.kp + (b.kp - a.kp) * s, c.colour, c.pattern)
-
-# %% ../nbs/01_synth.ipynb #835ca3ba
-def _rest_pose() -> tuple[_Hand, _Hand]:
-    kp = _hand_keypoints(REST_HANDSHAPE)
-    a = math.pi - 0.3
-    return (_Hand(-0.8, 3.8, a, kp), _Hand(0.8, 3.8, -a, kp))
-
-# %% ../nbs/01_synth.ipynb #42a232ad
-def _motion_offset(sg: Sign, tau: float) -> tuple[float, float]:
-    """Offset (signer units) of the dominant palm at τ ∈ [0, 1] of sign `sg`."""
-    c, s, A = math.cos(sg.direction), math.sin(sg.direction), sg.amplitude
-    e = 0.5 - 0.5 * math.cos(math.pi * tau)               # eased progress
-    if sg.motion == "line":
-        return ((e - 0.5) * A * c, (e - 0.5) * A * s)
-    if sg.motion == "arc":
-        th, r = sg.direction + math.pi * e, A / 2
-        return (r * math.cos(th), r * math.sin(th))
-    if sg.motion == "circle":
-        th, r = sg.direction + 2 * math.pi * tau, 0.35 * A
-        return (r * math.cos(th), r * math.sin(th))
-    if sg.motion == "zigzag":
-        tri = 1 - abs((4 * tau) % 2 - 1) * 2               # triangle wave, 2 periods, in [-1, 1]
-        along, across = (tau - 0.5) * A, 0.22 * A * tri
-        return (along * c - across * s, along * s + across * c)
-    k = 0.35 * A * abs(math.sin(2 * math.pi * tau))        # tap: twice toward `direction`
-    return (k * c, k * s)
-
-# %% ../nbs/01_synth.ipynb #0cf98509
-def _keep_off_face(x: float, y: float) -> tuple[float, float]:
-    x = min(max(x, -1.9), 1.9)
-    y = min(max(y, 1.25 if abs(x) < 1.15 else 0.6), 3.3)
-    return x, y
-
-# %% ../nbs/01_synth.ipynb #9c04cbb7
-def _sign_pose(sg: Sign, tau: float) -> tuple[_Hand, _Hand]:
-    """(dominant, non-dominant) hand states of sign `sg` at τ."""
-    lx, ly = SIGN_LOCATIONS[sg.location]
-    if sg.two_hand == "mirror":
-        lx = min(lx, -0.55)
-    elif sg.two_hand == "base":
-        lx, ly = (lx * 0.3 + 0.05, min(ly, 1.95))         # work above the base hand
-    dx, dy = _motion_offset(sg, tau)
-    x, y = _keep_off_face(lx + dx, ly + dy)
-    kp = _hand_keypoints(HANDSHAPES[sg.handshape])
-    col, pat = _COLOUR_IDS[sg.colour], _PATTERN_IDS[sg.pattern]
-    dom = _Hand(x, y, sg.angle, kp, col, pat)
-    if sg.two_hand == "mirror":
-        nd = _Hand(-x, y, -sg.angle, kp, col, pat)
-    elif sg.two_hand == "base":
-        nd = _Hand(*_BASE_POS, _BASE_ANGLE, _hand_keypoints(HANDSHAPES[sg.base_handshape]), _COLOUR_IDS[sg.base_colour], 0)
-    else:
-        nd = _rest_pose()[1]
-    return dom, nd
-
-# %% ../nbs/01_synth.ipynb #b0bb42df
-def _n(seconds: float, fps: int, speed: float = 1.0, lo: int = 2) -> int:
-    return max(lo, int(round(seconds * fps / speed)))
-
-# %% ../nbs/01_synth.ipynb #a560090b
-def build_timeline(sentences: list[list[str]], speeds: list[float], fps: int, seed: int) -> dict:
-    """Per-frame hand states of a video: `states` (list of (dominant, non-dominant)), sentence `spans` [(f0, f1)],
-    and `word_spans` [(f0, f1)] of every sign (in sentence order), all in video frames."""
-    rng = np.random.default_rng(seed)
-    rest = _rest_pose()
-    states: list[tuple[_Hand, _Hand]] = []
-    spans: list[tuple[int, int]] = []
-    word_spans: list[tuple[int, int]] = []
-
-    def hold(pose, n):
-        states.extend([pose] * n)
-
-    def move(a, b, n):
-        for i in range(n):
-            t = (i + 1) / (n + 1)
-            s = t * t * (3 - 2 * t)
-            states.append((_lerp_hand(a[0], b[0], s), _lerp_hand(a[1], b[1], s)))
-
-    hold(rest, _n(rng.uniform(*LEAD_IN), fps))
-    for si, (words, speed) in enumerate(zip(sentences, speeds)):
-        if si:
-            hold(rest, _n(rng.uniform(*REST_GAP), fps))
-        signs = [sign_for_word(w) for w in words]
-        move(rest, _sign_pose(signs[0], 0.0), _n(REST_TRANSITION, fps, speed))
-        f0 = len(states)
-        for j, sg in enumerate(signs):
-            if j:
-                move(_sign_pose(signs[j - 1], 1.0), _sign_pose(sg, 0.0), _n(SIGN_TRANSITION, fps, speed))
-            n = _n(sg.duration, fps, speed, lo=3)
-            word_spans.append((len(states), len(states) + n))
-            states.extend(_sign_pose(sg, i / (n - 1)) for i in range(n))
-        spans.append((f0, len(states)))
-        move(_sign_pose(signs[-1], 1.0), rest, _n(REST_TRANSITION, fps, speed))
-    hold(rest, _n(rng.uniform(*TAIL), fps))
-    return {"states": states, "spans": spans, "word_spans": word_spans}
-
-# %% ../nbs/01_synth.ipynb #2a67a2d2
-ASTRONAUT_FACE_BOX = (177.6, 82.9, 95.3, 95.3)      # mediapipe FaceDetection box in astronaut(), x y w h (px)
-ASTRONAUT_FACE_KEYPOINTS = {                       # mediapipe's 6 face keypoints there (px)
-    "right_eye": (201.5, 104.9), "left_eye": (245.8, 109.1), "nose": (220.4, 127.3),
-    "mouth": (219.8, 148.6), "right_ear": (178.2, 115.7), "left_ear": (272.2, 123.9)}
-_HEAD_CROP = (140, 10, 316, 215)                   # x0 y0 x1 y1 of the head cut-out (px)
-SOURCE_SKIN = (224, 182, 155)
-
-@lru_cache(maxsize=1)
-def astronaut_head() -> tuple[np.ndarray, np.ndarray]:
-    """(rgb float32 [h, w, 3], alpha float32 [h, w]) head cut-out of the astronaut photo."""
-    from skimage import data
-    x0, y0, x1, y1 = _HEAD_CROP
-    crop = data.astronaut()[y0:y1, x0:x1].copy()
-    m = np.zeros(crop.shape[:2], np.uint8)
-    cv2.ellipse(m, (227 - x0, 100 - y0), (80, 84), 0, 0, 360, 255, -1)
-    cv2.fillPoly(m, [np.array([[192, 150], [262, 150], [258, 215], [196, 215]], np.int32) - [x0, y0]], 255)
-    hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
-    key = ((hsv[..., 1] < 40) & (hsv[..., 2] > 120)).astype(np.uint8)     # grey studio backdrop and suit
-    key = cv2.morphologyEx(key, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    protect = np.zeros_like(m)
-    cv2.ellipse(protect, (225 - x0, 132 - y0), (50, 64), 0, 0, 360, 1, -1)  # never key out the face itself
-    m[(key > 0) & (protect == 0)] = 0
-    alpha = cv2.GaussianBlur(m, (7, 7), 0).astype(np.float32) / 255
-    return crop.astype(np.float32), alpha
-
-# %% ../nbs/01_synth.ipynb #89a86781
-@dataclass(frozen=True)
-class Signer:
-    """Appearance and place of one rendered signer."""
-    name: str
-    shirt: tuple[int, int, int]           # RGB
-    skin: tuple[int, int, int]            # RGB of hands
-    face_tint: tuple[float, float, float] # per-channel multiplier of the face photo
-    face_brightness: float
-    x: float                              # face-centre x, fraction of frame width
-    scale: float                          # size multiplier
-    short_sleeves: bool = False           # forearms show the skin tone
-
-# %% ../nbs/01_synth.ipynb #f8fe1bff
-_SHIRTS = [(35, 45, 80), (60, 60, 66), (100, 30, 42), (82, 88, 42), (96, 64, 44), (28, 82, 88), (24, 24, 28), (70, 46, 96)]
-_SKINS = [(241, 194, 160), (198, 134, 96), (141, 85, 54), (255, 219, 172), (170, 110, 75), (120, 76, 50)]
-SOURCE_SIGNER = Signer("src0", _SHIRTS[0], SOURCE_SKIN, (1.0, 1.0, 1.0), 1.0, 0.33, 1.0)
-
-def make_signers(domain: str, n: int, seed: int) -> list[Signer]:
-    """`n` signers of a domain; the source domain's first signer is always SOURCE_SIGNER (the 'news host')."""
-    rng = np.random.default_rng([seed, DOMAINS.index(domain), 7])
-    out = [SOURCE_SIGNER] if domain == "source" else []
-    shirts, skins = rng.permutation(len(_SHIRTS) - 1) + 1, rng.permutation(len(_SKINS))
-    prefix = "src" if domain == "source" else "tgt"
-    while len(out) < n:
-        i = len(out)
-        skin = _SKINS[int(skins[i % len(skins)])]
-        tint = tuple(round(float(np.clip((s / b) ** 0.8, 0.5, 1.15)), 3) for s, b in zip(skin, SOURCE_SKIN))
-        side = 1 if (i % 2) else -1
-        out.append(Signer(f"{prefix}{i}", _SHIRTS[int(shirts[i % len(shirts)])], skin, tint,
-                          round(float(rng.uniform(0.85, 1.1)), 3),
-                          round(0.5 + side * float(rng.uniform(0.12, 0.24)), 3),
-                          round(float(rng.uniform(0.9, 1.06)), 3), bool(i % 3 == 1)))
-    return out[:n]
-
-# %% ../nbs/01_synth.ipynb #6315e131
-PLAIN_BACKGROUND = (58, 72, 92)
-VARIED_BACKGROUNDS = ("gradient", "texture", "shapes", "stripes")
-
-def make_background(kind: str, width: int, height: int, seed: int) -> np.ndarray:
-    """[height, width, 3] uint8 RGB background of `kind` ('plain' or one of VARIED_BACKGROUNDS)."""
-    rng = np.random.default_rng(seed)
-    h, w = height, width
-    col = lambda lo=30, hi=230: rng.integers(lo, hi, 3).astype(np.float32)
-    if kind == "plain":
-        return np.broadcast_to(np.array(PLAIN_BACKGROUND, np.uint8), (h, w, 3)).copy()
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    if kind == "gradient":
-        a = rng.uniform(0, 2 * math.pi)
-        t = (xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a) + 0.5
-        img = col()[None, None] * (1 - t[..., None]) + col()[None, None] * t[..., None]
-        r = np.hypot(xx / w - 0.5, yy / h - 0.5)
-        img *= (1 - 0.35 * r[..., None])
-    elif kind == "texture":
-        coarse = rng.random((max(2, h // 40), max(2, w // 40), 1)).astype(np.float32)
-        coarse = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
-        fine = cv2.resize(rng.random((max(2, h // 4), max(2, w // 4))).astype(np.float32), (w, h))[..., None]
-        img = col()[None, None] * (1 - coarse) + col()[None, None] * coarse
-        img += (fine - 0.5) * 40
-    elif kind == "shapes":
-        img = np.empty((h, w, 3), np.float32)
-        img[:] = col(60, 200)
-        for _ in range(int(rng.integers(8, 16))):
-            c = tuple(float(v) for v in col(20, 240))
-            cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(h // 12 + 1, h // 3 + 2))
-            k = int(rng.integers(3))
-            if k == 0:
-                cv2.circle(img, (cx, cy), r, c, -1, cv2.LINE_AA)
-            elif k == 1:
-                cv2.rectangle(img, (cx - r, cy - r // 2), (cx + r, cy + r // 2), c, -1)
-            else:
-                pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
-                cv2.fillPoly(img, [pts], c, cv2.LINE_AA)
-    elif kind == "stripes":
-        a, period = rng.uniform(0, math.pi), rng.uniform(0.05, 0.2) * w
-        t = ((xx * math.cos(a) + yy * math.sin(a)) / period) % 1.0
-        img = np.where((t < 0.5)[..., None], col()[None, None], col()[None, None])
-        img = cv2.GaussianBlur(img.astype(np.float32), (5, 5), 0)
-    else:
-        raise ValueError(f"unknown background {kind!r}; expected 'plain' or one of {VARIED_BACKGROUNDS}")
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-# %% ../nbs/01_synth.ipynb #44265abc
-POSE_NAMES = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-              "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-              "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-              "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip", "right_hip")
-HAND_NAMES = ("left", "right")   # hands[:, 0] = signer's left (image right), hands[:, 1] = signer's right (dominant)
-_SHOULDER = (1.2, 1.5)            # signer units; left shoulder at +x (image right)
-_ARM = (1.35, 1.3)                # upper arm, forearm
-_FACE_Y = 1.45                    # face centre below the frame top, signer units
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the signer stands in the frame: face centre (px) and U = face width (px)."""
-    cx: float
-    cy: float
-    U: float
-    width: int
-    height: int
-
-    def px(self, pts: np.ndarray) -> np.ndarray:
-        """Signer units [..., 2] → full-frame pixels."""
-        return np.stack([self.cx + self.U * pts[..., 0], self.cy + self.U * pts[..., 1]], -1)
-
-# %% ../nbs/01_synth.ipynb #6d95586a
-def make_layout(signer: Signer, width: int, height: int, dx: float = 0.0, ds: float = 1.0) -> Layout:
-    """Place `signer` in a width×height frame, shifted by dx (fraction of width) and scaled by ds."""
-    U = min(height / 6.0, width / 7.0) * float(np.clip(signer.scale * ds, 0.8, 1.15))
-    cx = (signer.x + dx) * width
-    margin = 2.7 * U                                # the whole signing space (and the signer crop) stays in frame
-    cx = min(max(cx, margin), width - margin) if width > 2 * margin else width / 2
-    k = U / ASTRONAUT_FACE_BOX[2]                   # photo px → frame px; snap so the head sprite lands on whole pixels
-    fx = ASTRONAUT_FACE_BOX[0] + ASTRONAUT_FACE_BOX[2] / 2 - _HEAD_CROP[0]
-    fy = ASTRONAUT_FACE_BOX[1] + ASTRONAUT_FACE_BOX[3] / 2 - _HEAD_CROP[1]
-    left, top = round(cx - fx * k), round(_FACE_Y * U - fy * k)
-    return Layout(left + fx * k, top + fy * k, U, width, height)
-
-# %% ../nbs/01_synth.ipynb #893df702
-def _blend(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
-    """Alpha-blend float src [h, w, 3] into uint8 dst at (x0, y0), clipped to dst."""
-    h, w = alpha.shape
-    X0, Y0, X1, Y1 = max(x0, 0), max(y0, 0), min(x0 + w, dst.shape[1]), min(y0 + h, dst.shape[0])
-    if X1 <= X0 or Y1 <= Y0:
-        return
-    a = alpha[Y0 - y0:Y1 - y0, X0 - x0:X1 - x0, None]
-    s = src[Y0 - y0:Y1 - y0, X0 - x0:X1 - x0]
-    d = dst[Y0:Y1, X0:X1].astype(np.float32)
-    dst[Y0:Y1, X0:X1] = np.clip(s * a + d * (1 - a) + 0.5, 0, 255).astype(np.uint8)
-
-# %% ../nbs/01_synth.ipynb #c7dd4aa3
-def _shade(c, f):
-    return tuple(float(min(255, v * f)) for v in c)
-
-# %% ../nbs/01_synth.ipynb #ced54391
-def static_layer(background: np.ndarray, signer: Signer, layout: Layout) -> np.ndarray:
-    """Background + torso + head (everything that does not move)."""
-    img = background.copy()
-    torso = np.array([(-0.38, 0.95), (-0.9, 1.2), (-1.3, 1.45), (-1.5, 1.9), (-1.55, 9), (1.55, 9), (1.5, 1.9),
-                      (1.3, 1.45), (0.9, 1.2), (0.38, 0.95)])
-    cv2.fillPoly(img, [np.round(layout.px(torso) * 16).astype(np.int32)], tuple(float(v) for v in signer.shirt),
-                 cv2.LINE_AA, shift=4)
-    rgb, alpha = astronaut_head()
-    k = layout.U / ASTRONAUT_FACE_BOX[2]
-    size = (max(1, round(rgb.shape[1] * k)), max(1, round(rgb.shape[0] * k)))
-    face = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    face = face * (np.array(signer.face_tint, np.float32) * signer.face_brightness)
-    a = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
-    fx = ASTRONAUT_FACE_BOX[0] + ASTRONAUT_FACE_BOX[2] / 2 - _HEAD_CROP[0]
-    fy = ASTRONAUT_FACE_BOX[1] + ASTRONAUT_FACE_BOX[3] / 2 - _HEAD_CROP[1]
-    _blend(img, face, a, round(layout.cx - fx * k), round(layout.cy - fy * k))
-    return img
-
-# %% ../nbs/01_synth.ipynb #d291bbe9
-def _hands_units(states: list[tuple[_Hand, _Hand]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """States → keypoints [F, 2, 21, 2] (signer units; hand 0 = left, 1 = right), colours, patterns [F, 2]."""
-    F = len(states)
-    kp = np.empty((F, 2, 21, 2))
-    col, pat = np.empty((F, 2), np.int64), np.empty((F, 2), np.int64)
-    for f, (dom, nd) in enumerate(states):
-        for h, hand, mirror in ((0, nd, -1.0), (1, dom, 1.0)):
-            loc = hand.kp * HAND_SCALE
-            loc = np.stack([loc[:, 0] * mirror, loc[:, 1]], -1)
-            c, s = math.cos(hand.ang), math.sin(hand.ang)
-            kp[f, h, :, 0] = hand.x + loc[:, 0] * c - loc[:, 1] * s
-            kp[f, h, :, 1] = hand.y + loc[:, 0] * s + loc[:, 1] * c
-            col[f, h], pat[f, h] = hand.colour, hand.pattern
-    return kp, col, pat
-
-# %% ../nbs/01_synth.ipynb #ebb568ff
-def _elbows(shoulder: np.ndarray, wrist: np.ndarray, side: float) -> np.ndarray:
-    """Two-link IK, vectorised: elbow [F, 2] for shoulder [2] and wrists [F, 2]; `side` = +1 image right arm."""
-    L1, L2 = _ARM
-    v = wrist - shoulder
-    d = np.clip(np.linalg.norm(v, axis=-1, keepdims=True), abs(L1 - L2) + 1e-3, L1 + L2 - 1e-3)
-    u = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
-    a = (L1 ** 2 - L2 ** 2 + d ** 2) / (2 * d)
-    hgt = np.sqrt(np.maximum(L1 ** 2 - a ** 2, 0))
-    n = np.stack([-u[:, 1], u[:, 0]], -1)
-    e1, e2 = shoulder + a * u + hgt * n, shoulder + a * u - hgt * n
-    score = lambda e: e[:, 1] + 0.5 * side * e[:, 0]          # elbows hang down and outward
-    return np.where((score(e1) >= score(e2))[:, None], e1, e2)
-
-# %% ../nbs/01_synth.ipynb #8485b42d
-def pose_units(hands: np.ndarray) -> np.ndarray:
-    """MediaPipe Pose landmarks 0–24 [F, 25, 2] (signer units) from hand keypoints [F, 2, 21, 2]."""
-    F = hands.shape[0]
-    fc = np.array([ASTRONAUT_FACE_BOX[0] + ASTRONAUT_FACE_BOX[2] / 2, ASTRONAUT_FACE_BOX[1] + ASTRONAUT_FACE_BOX[3] / 2])
-    fk = {k: (np.array(v) - fc) / ASTRONAUT_FACE_BOX[2] for k, v in ASTRONAUT_FACE_KEYPOINTS.items()}
-    e = np.array([0.09, 0.0])
-    m = np.array([0.2, 0.0])
-    face = [fk["nose"], fk["left_eye"] - e, fk["left_eye"], fk["left_eye"] + e, fk["right_eye"] + e,
-            fk["right_eye"], fk["right_eye"] - e, fk["left_ear"], fk["right_ear"], fk["mouth"] + m, fk["mouth"] - m]
-    pose = np.empty((F, 25, 2))
-    pose[:, :11] = np.array(face)
-    ls, rs = np.array(_SHOULDER), np.array([-_SHOULDER[0], _SHOULDER[1]])
-    pose[:, 11], pose[:, 12] = ls, rs
-    pose[:, 13], pose[:, 14] = _elbows(ls, hands[:, 0, 0], 1.0), _elbows(rs, hands[:, 1, 0], -1.0)
-    pose[:, 15], pose[:, 16] = hands[:, 0, 0], hands[:, 1, 0]
-    for i, j in ((17, 17), (19, 5), (21, 3)):                  # pinky, index (knuckles), thumb (IP)
-        pose[:, i], pose[:, i + 1] = hands[:, 0, j], hands[:, 1, j]
-    pose[:, 23], pose[:, 24] = (0.8, 5.3), (-0.8, 5.3)
-    return pose
-
-# %% ../nbs/01_synth.ipynb #30025e4a
-def _draw_hand(img, kp_px, skin, colour, pattern, U):
-    P = np.round(kp_px * 16).astype(np.int32)
-    sk = tuple(float(v) for v in skin)
-    palm = cv2.convexHull(P[[0, 1, 2, 5, 9, 13, 17]])
-    cv2.fillConvexPoly(img, palm, sk, cv2.LINE_AA, shift=4)
-    cv2.polylines(img, [palm], True, sk, max(1, round(0.08 * U)), cv2.LINE_AA, shift=4)
-    fingers = [P[[1, 2, 3, 4]]] + [P[[b, b + 1, b + 2, b + 3]] for b in (5, 9, 13, 17)]
-    cv2.polylines(img, fingers, False, _shade(skin, 0.82), max(1, round(0.15 * U)), cv2.LINE_AA, shift=4)
-    if colour < 0:
-        return
-    c = tuple(float(v) for v in list(PALM_COLOURS.values())[colour])
-    centre = (kp_px[0] * 0.4 + kp_px[9] * 0.6)
-    r = 0.27 * U
-    C = tuple(int(v) for v in np.round(centre * 16))
-    R = max(16, int(round(r * 16)))
-    dark = (20.0, 20.0, 20.0) if sum(c) > 400 else (250.0, 250.0, 250.0)
-    if PATTERNS[pattern] == "ring":
-        cv2.circle(img, C, int(R * 0.78), c, max(2, round(0.13 * U)), cv2.LINE_AA, shift=4)
-        return
-    cv2.circle(img, C, R, c, -1, cv2.LINE_AA, shift=4)
-    if PATTERNS[pattern] == "dot":
-        cv2.circle(img, C, int(R * 0.4), dark, -1, cv2.LINE_AA, shift=4)
-    elif PATTERNS[pattern] == "stripes":
-        d = (kp_px[9] - kp_px[0]) / max(np.linalg.norm(kp_px[9] - kp_px[0]), 1e-6)
-        n = np.array([-d[1], d[0]])
-        for off in (-0.35, 0.35):
-            a = np.round((centre + d * off * r - n * r * 0.9) * 16).astype(int)
-            b = np.round((centre + d * off * r + n * r * 0.9) * 16).astype(int)
-            cv2.line(img, tuple(a), tuple(b), dark, max(1, round(0.06 * U)), cv2.LINE_AA, shift=4)
-
-# %% ../nbs/01_synth.ipynb #776aabc5
-def draw_frame(static: np.ndarray, signer: Signer, layout: Layout, hands_px: np.ndarray, pose_px: np.ndarray,
-               colours: np.ndarray, patterns: np.ndarray) -> np.ndarray:
-    """One frame [H, W, 3] uint8: static layer + arms + hands (hands_px [2, 21, 2], pose_px [25, 2])."""
-    img = static.copy()
-    U = layout.U
-    sleeve = _shade(signer.shirt, 1.25)
-    t = max(2, round(0.34 * U))
-    for h in (0, 1):                      # the dominant (right) hand is drawn last, in front
-        arm = np.round(np.stack([pose_px[11 + h], pose_px[13 + h], pose_px[15 + h]]) * 16).astype(np.int32)
-        if signer.short_sleeves:
-            cv2.line(img, tuple(arm[1]), tuple(arm[2]), tuple(float(v) for v in signer.skin), int(t * 0.8),
-                     cv2.LINE_AA, shift=4)
-            cv2.line(img, tuple(arm[0]), tuple(arm[1]), sleeve, t, cv2.LINE_AA, shift=4)
-        else:
-            cv2.polylines(img, [arm], False, sleeve, t, cv2.LINE_AA, shift=4)
-        _draw_hand(img, hands_px[h], signer.skin, int(colours[h]), int(patterns[h]), U)
-    return img
-
-# %% ../nbs/01_synth.ipynb #57716db7
-def render_video(plan: dict) -> tuple[Iterator[np.ndarray], dict]:
-    """(frame generator of [H, W, 3] uint8 RGB, info) for a video plan; info holds keypoints and spans."""
-    signer = Signer(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan["signer"].items()})
-    W, H, fps = plan["width"], plan["height"], plan["fps"]
-    layout = make_layout(signer, W, H, plan.get("dx", 0.0), plan.get("ds", 1.0))
-    tl = build_timeline(plan["sentences"], plan["speeds"], fps, plan["seed"])
-    hands_u, colours, patterns = _hands_units(tl["states"])
-    hands = layout.px(hands_u)                               # [F, 2, 21, 2] px
-    pose = layout.px(pose_units(hands_u))                    # [F, 25, 2] px
-    F = hands.shape[0]
-    face_box = np.tile([layout.cx - layout.U / 2, layout.cy - layout.U / 2,
-                        layout.cx + layout.U / 2, layout.cy + layout.U / 2], (F, 1))
-    static = static_layer(make_background(plan["background"], W, H, plan["bg_seed"]), signer, layout)
-
-    def frames():
-        for f in range(F):
-            yield draw_frame(static, signer, layout, hands[f], pose[f], colours[f], patterns[f])
-
-    info = {"n_frames": F, "spans": tl["spans"], "layout": layout, "keypoints": {
-        "hands": hands.astype(np.float32), "pose": pose.astype(np.float32), "face_box": face_box.astype(np.float32),
-        "colours": colours.astype(np.int8), "sentence_frames": np.array(tl["spans"], np.int32).reshape(-1, 2),
-        "word_frames": np.array(tl["word_spans"], np.int32).reshape(-1, 2)}}
-    return frames(), info
-
-# %% ../nbs/01_synth.ipynb #154d7b07
-def video_plan(sentences: list[list[str]], signer: Signer = SOURCE_SIGNER, background: str = "plain",
-               speeds: Optional[list[float]] = None, width: int = 480, height: int = 270, fps: int = 25,
-               seed: int = 0, dx: float = 0.0, ds: float = 1.0) -> dict:
-    """A video plan dict (see `render_video`) for hand-picked sentences."""
-    return {"signer": dataclasses.asdict(signer), "background": background, "bg_seed": seed, "dx": dx, "ds": ds,
-            "sentences": [list(s) for s in sentences], "speeds": speeds or [1.0] * len(sentences),
-            "seed": seed, "width": width, "height": height, "fps": fps}
-
-# %% ../nbs/01_synth.ipynb #57faf445
-def render_sentence_frames(words: list[str], signer: Signer = SOURCE_SIGNER, background: str = "plain",
-                           speed: float = 1.0, width: int = 480, height: int = 270, fps: int = 25,
-                           seed: int = 0) -> tuple[np.ndarray, dict]:
-    """All frames [F, H, W, 3] of one sentence video (with rest before and after) and its info."""
-    frames, info = render_video(video_plan([words], signer, background, [speed], width, height, fps, seed))
-    return np.stack(list(frames)), info
 
 # %% ../nbs/01_synth.ipynb #1045b4e5
 CSV_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE")
@@ -843,13 +176,8 @@ def _stat(xs: list[float]) -> float:
     return round(float(np.mean(xs)), 3) if xs else 0.0
 
 # %% ../nbs/01_synth.ipynb #8e040059
-def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, seed: Optional[int] = None,
-                    workers: int = 2, progress: bool = True, resume: bool = True) -> dict:
-    """Render the two-domain synthetic corpus in How2Sign's layout under `output_dir`; returns the summary."""
-    from tqdm.auto import tqdm
-    out = Path(cfg.output_dir if output_dir is None else output_dir)
-    seed = cfg.seed if seed is None else seed
-    plans = plan_corpus(cfg, seed)
+def _corpus_jobs(plans: list[dict], out: Path, resume: bool) -> list[dict]:
+    """One render job per planned video: its plan (without the bookkeeping keys), plan key and output paths."""
     jobs = []
     for i, p in enumerate(plans):
         name = f"{p['video_id']}-1-rgb_front"
@@ -857,6 +185,12 @@ def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, s
         jobs.append({"index": i, "plan": base, "key": _plan_key(base), "resume": resume,
                      "video": str(out / p["domain"] / "videos" / f"{name}.mp4"),
                      "keypoints": str(out / p["domain"] / "keypoints" / f"{name}.npz")})
+    return jobs
+
+# %% ../nbs/01_synth.ipynb #175cdef7
+def _run_jobs(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
+    """Run `_render_job` on every job (longest first; spawned worker processes when workers > 1), in job order."""
+    from tqdm.auto import tqdm
     results: list[Optional[dict]] = [None] * len(jobs)
     worker = importlib.import_module("sonar_thesis.synth")._render_job     # importable from spawned processes
     order = sorted(jobs, key=lambda j: -sum(len(s) for s in j["plan"]["sentences"]))   # longest first
@@ -874,7 +208,62 @@ def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, s
                 results[r["index"]] = r
                 bar.update()
     bar.close()
+    return results
 
+# %% ../nbs/01_synth.ipynb #1eb270e0
+def _split_rows(plans: list[dict], results: list[dict], domain: str, split: str) -> tuple[list, list, int, list, list]:
+    """CSV rows and meta rows of one domain's split (sorted by video, sentence), with its frame/second/word tallies."""
+    rows, meta, frames_total, sent_secs, n_words = [], [], 0, [], []
+    for p, r in zip(plans, results):
+        if p["domain"] != domain or p["split"] != split:
+            continue
+        vid, fps = p["video_id"], p["fps"]
+        frames_total += r["n_frames"]
+        word_spans = iter(r["word_spans"])
+        for k, ((f0, f1), words, speed) in enumerate(zip(r["spans"], p["sentences"], p["speeds"])):
+            name = f"{vid}_{k}-1-rgb_front"
+            wf = " ".join(f"{a - f0}:{b - f0}" for a, b in (next(word_spans) for _ in words))  # sentence-relative
+            rows.append({"VIDEO_ID": vid, "VIDEO_NAME": f"{vid}-1-rgb_front", "SENTENCE_ID": f"{vid}_{k}",
+                         "SENTENCE_NAME": name, "START_REALIGNED": f"{f0 / fps:.2f}",
+                         "END_REALIGNED": f"{f1 / fps:.2f}", "SENTENCE": sentence_text(words)})
+            meta.append({"SENTENCE_NAME": name, "signer": p["signer"]["name"], "speed": speed,
+                         "background": p["background"], "words": " ".join(words), "word_frames": wf})
+            sent_secs.append((f1 - f0) / fps)
+            n_words.append(len(words))
+    rows.sort(key=lambda r: (r["VIDEO_ID"], int(r["SENTENCE_ID"].rsplit("_", 1)[1])))
+    meta_order = {r["SENTENCE_NAME"]: i for i, r in enumerate(rows)}
+    meta.sort(key=lambda m: meta_order[m["SENTENCE_NAME"]])
+    return rows, meta, frames_total, sent_secs, n_words
+
+# %% ../nbs/01_synth.ipynb #28652eb9
+def _write_split(ddir: Path, split: str, plans: list[dict], results: list[dict], fps: int) -> dict:
+    """Write one split's How2Sign CSV and synth_meta TSV under `ddir`; returns the split's summary."""
+    rows, meta, frames_total, sent_secs, n_words = _split_rows(plans, results, ddir.name, split)
+    write_how2sign_csv(ddir / f"how2sign_realigned_{split}.csv", rows)
+    write_tsv(ddir / f"synth_meta_{split}.tsv", meta, META_COLUMNS)
+    return {"videos": len({r["VIDEO_ID"] for r in rows}), "sentences": len(rows),
+            "frames": frames_total, "seconds": round(frames_total / fps, 2),
+            "mean_sentence_seconds": _stat(sent_secs), "mean_words": _stat(n_words)}
+
+# %% ../nbs/01_synth.ipynb #251b0e59
+def _remove_unplanned(ddir: Path, jobs: list[dict], plans: list[dict]) -> None:
+    """Delete files of videos that are no longer planned (an earlier, bigger config) and stale temp files."""
+    keep = {Path(j["video"]).name for j, p in zip(jobs, plans) if p["domain"] == ddir.name}
+    keep |= {Path(j["keypoints"]).name for j, p in zip(jobs, plans) if p["domain"] == ddir.name}
+    for sub, pattern in (("videos", "*.mp4"), ("keypoints", "*.npz")):
+        for f in sorted((ddir / sub).glob(pattern)) + sorted((ddir / sub).glob(".*.tmp*")):
+            if f.name not in keep:
+                f.unlink()
+
+# %% ../nbs/01_synth.ipynb #006bf217
+def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, seed: Optional[int] = None,
+                    workers: int = 2, progress: bool = True, resume: bool = True) -> dict:
+    """Render the two-domain synthetic corpus in How2Sign's layout under `output_dir`; returns the summary."""
+    out = Path(cfg.output_dir if output_dir is None else output_dir)
+    seed = cfg.seed if seed is None else seed
+    plans = plan_corpus(cfg, seed)
+    jobs = _corpus_jobs(plans, out, resume)
+    results = _run_jobs(jobs, workers, progress)
     summary = {"title": "Synthetic How2Sign-shaped corpus (rendered signing, not real ASL)",
                "generator_version": GENERATOR_VERSION, "seed": seed, "output_dir": str(out), "config": to_dict(cfg),
                "vocabulary": {"size": len(vocabulary()), "shared": list(SHARED_WORDS),
@@ -884,39 +273,9 @@ def generate_corpus(cfg: SynthConfig, output_dir: Optional[str | Path] = None, s
         ddir = out / domain
         dsum = {"signers": [s.name for s in make_signers(domain, getattr(cfg, domain).n_signers, seed)]}
         for split in SPLITS:
-            rows, meta, frames_total, sent_secs, n_words = [], [], 0, [], []
-            for p, j, r in zip(plans, jobs, results):
-                if p["domain"] != domain or p["split"] != split:
-                    continue
-                vid, fps = p["video_id"], p["fps"]
-                frames_total += r["n_frames"]
-                word_spans = iter(r["word_spans"])
-                for k, ((f0, f1), words, speed) in enumerate(zip(r["spans"], p["sentences"], p["speeds"])):
-                    name = f"{vid}_{k}-1-rgb_front"
-                    wf = " ".join(f"{a - f0}:{b - f0}" for a, b in (next(word_spans) for _ in words))  # sentence-relative
-                    rows.append({"VIDEO_ID": vid, "VIDEO_NAME": f"{vid}-1-rgb_front", "SENTENCE_ID": f"{vid}_{k}",
-                                 "SENTENCE_NAME": name, "START_REALIGNED": f"{f0 / fps:.2f}",
-                                 "END_REALIGNED": f"{f1 / fps:.2f}", "SENTENCE": sentence_text(words)})
-                    meta.append({"SENTENCE_NAME": name, "signer": p["signer"]["name"], "speed": speed,
-                                 "background": p["background"], "words": " ".join(words), "word_frames": wf})
-                    sent_secs.append((f1 - f0) / fps)
-                    n_words.append(len(words))
-            rows.sort(key=lambda r: (r["VIDEO_ID"], int(r["SENTENCE_ID"].rsplit("_", 1)[1])))
-            meta_order = {r["SENTENCE_NAME"]: i for i, r in enumerate(rows)}
-            meta.sort(key=lambda m: meta_order[m["SENTENCE_NAME"]])
-            write_how2sign_csv(ddir / f"how2sign_realigned_{split}.csv", rows)
-            write_tsv(ddir / f"synth_meta_{split}.tsv", meta, META_COLUMNS)
-            dsum[split] = {"videos": len({r["VIDEO_ID"] for r in rows}), "sentences": len(rows),
-                           "frames": frames_total, "seconds": round(frames_total / cfg.fps, 2),
-                           "mean_sentence_seconds": _stat(sent_secs), "mean_words": _stat(n_words)}
+            dsum[split] = _write_split(ddir, split, plans, results, cfg.fps)
         summary["domains"][domain] = dsum
-        # files of videos that are no longer planned (an earlier, bigger config) go away
-        keep = {Path(j["video"]).name for j, p in zip(jobs, plans) if p["domain"] == domain}
-        keep |= {Path(j["keypoints"]).name for j, p in zip(jobs, plans) if p["domain"] == domain}
-        for sub, pattern in (("videos", "*.mp4"), ("keypoints", "*.npz")):
-            for f in sorted((ddir / sub).glob(pattern)) + sorted((ddir / sub).glob(".*.tmp*")):
-                if f.name not in keep:
-                    f.unlink()
+        _remove_unplanned(ddir, jobs, plans)
     summary["counts"] = {d: {sp: summary["domains"][d][sp]["sentences"] for sp in SPLITS} for d in DOMAINS}
     summary["rendered"] = sum(not r["skipped"] for r in results)
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "rendered"})

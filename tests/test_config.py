@@ -5,7 +5,8 @@ import pytest
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
-from sonar_thesis.config import ConfigError, apply_overlay, load_config, read_yaml
+from sonar_thesis.config import apply_overlay, load_config, read_yaml
+from sonar_thesis.config_checks import ConfigError
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path
 def test_dataclass_defaults_are_params_yaml():
     """One source of defaults: `Config()` (a test, the CLI without a params.yaml) is params.yaml's documented
     synthetic default, key for key — no key differs."""
-    from sonar_thesis.config import Config, _flatten, to_dict
+    from sonar_thesis.config import Config, _flatten
+    from sonar_thesis.config_checks import to_dict
     built, documented = _flatten(to_dict(Config())), _flatten(to_dict(load_config(ROOT / "params.yaml")))
     differ = {k: (built.get(k, "<missing>"), documented.get(k, "<missing>"))
               for k in sorted(built.keys() | documented.keys()) if built.get(k, "<missing>") != documented.get(k, "<missing>")}

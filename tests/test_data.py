@@ -6,7 +6,7 @@ from pathlib import Path
 import decord
 import pytest
 
-from sonar_thesis.config import DataConfig
+from sonar_thesis.config_sections import DataConfig
 from sonar_thesis.data import make_fixture, prepare, read_how2sign_csv, write_test_video, HOW2SIGN_COLUMNS
 from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv
 
@@ -88,7 +88,8 @@ def test_cut_video_frames_timing_and_pixels(tmp_path, pix_fmt, size, fps):
     import av
     import numpy as np
     from fractions import Fraction
-    from sonar_thesis.data import Sentence, cut_video, probe_video
+    from sonar_thesis.data import Sentence, cut_video
+    from sonar_thesis.video_probe import probe_video
     src = tmp_path / "full.mp4"
     with av.open(str(src), "w", format="mp4") as c:    # the source, in the pixel format under test
         s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -154,9 +155,11 @@ def test_extra_leading_column_and_nan_timestamps(tmp_path):
 def test_cutting_many_sentences_of_one_video_gives_the_same_bytes_every_time(tmp_path):
     """x264's MB-tree once made the last clip of a multi-sentence cut depend on stale memory (2-5 variants in 6 cuts)."""
     import hashlib
-    from sonar_thesis.data import Sentence, cut_video, probe_video
+    from sonar_thesis.data import Sentence, cut_video
+    from sonar_thesis.video_probe import probe_video
     from sonar_thesis.config import load_config
-    from sonar_thesis.synth import plan_corpus, render_video, write_video
+    from sonar_thesis.synth import plan_corpus, write_video
+    from sonar_thesis.synth_render import render_video
     synth = load_config(Path(__file__).parents[1] / "params.yaml").synth
     plan = next(p for p in plan_corpus(synth) if p["video_id"] == "Rtay6n2ESFo")  # one that showed it
     frames, _ = render_video(plan)

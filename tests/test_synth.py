@@ -8,9 +8,10 @@ import pytest
 
 decord = pytest.importorskip("decord")
 
-from sonar_thesis.config import SynthConfig, SynthDomainConfig
-from sonar_thesis.synth import (CSV_COLUMNS, DOMAINS, POSE_NAMES, SHARED_WORDS, SOURCE_WORDS, SPLITS, TARGET_WORDS,
-                                face_detection_rate, generate_corpus, sentence_text, vocabulary)
+from sonar_thesis.config_sections import SynthConfig, SynthDomainConfig
+from sonar_thesis.synth import CSV_COLUMNS, face_detection_rate, generate_corpus
+from sonar_thesis.synth_render import POSE_NAMES
+from sonar_thesis.synth_signs import DOMAINS, SHARED_WORDS, SOURCE_WORDS, SPLITS, TARGET_WORDS, sentence_text, vocabulary
 
 HEADER = "\t".join(CSV_COLUMNS)
 SMALL = SynthConfig(
