@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))   # how2sign_layout: the How2Sign-layout fixture
 
-from sonar_thesis.config import PRESETS, PreprocessConfig, Preset
+from sonar_thesis.config_sections import PRESETS, PreprocessConfig, Preset
 from sonar_thesis.extract import build_extractor, merge_windows, normalize_batch
 from sonar_thesis.io import read_tsv
 from sonar_thesis.video import (

@@ -30,7 +30,8 @@ QUALITY = {"zeroshot": 0.05, "stage2": 0.45, "ablation": 0.4, "landmarks": 0.3}
 
 def build(root: Path, rows: int, sources: int, clip_size: int, clip_frames: int) -> tuple[dict, float]:
     from sonar_thesis.analysis import AnalysisConfig, analyse
-    from sonar_thesis.config import Config, DataConfig, PreprocessConfig
+    from sonar_thesis.config import Config
+    from sonar_thesis.config_sections import DataConfig, PreprocessConfig
     from sonar_thesis.evaluate import EvaluateConfig, evaluate_all, make_fake_predictions
     from sonar_thesis.extract import write_test_clip
     from sonar_thesis.io import read_tsv, write_tsv

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import AnalysisConfig, Config, ConfigError, load_config
+from .config import Config, load_config
+from .config_checks import ConfigError
+from .config_sections import AnalysisConfig
 from .evaluate import (EvaluateConfig, SCORE_COLUMNS, dataset_label, system_label, system_sort_key)
 from .io import atomic_write, read_json, read_tsv, write_json, write_tsv
 from .metrics import bootstrap_ci, corpus_scores

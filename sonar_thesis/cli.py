@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
+from .config_checks import ConfigError
 
 # %% auto #0
 __all__ = ['app', 'EXPECTED_ERRORS', 'PARAMS_OPT', 'cli_errors', 'config_from', 'synth', 'prepare', 'download', 'translate',
@@ -104,7 +105,7 @@ def download(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of files already present."),
 ):
     """Download the published SONAR ASL checkpoints (SignHiera, ASL encoder, text decoder + tokenizer), or copy them from a mirror folder."""
-    from sonar_thesis.checkpoints import PUBLISHED, download as _download
+    from sonar_thesis.download import PUBLISHED, download as _download
     if model != "all" and model not in PUBLISHED:
         raise ValueError(f"unknown --model {model!r}; choose all or one of {', '.join(PUBLISHED)}")
     files = _download(model, output, source=source, verify=not no_verify)

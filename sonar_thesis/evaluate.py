@@ -15,7 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from .config import RESERVED_NAMES, ConfigError, EvaluateConfig, _NAME_RE, load_config
+from .config import load_config
+from .config_checks import ConfigError
+from .config_sections import RESERVED_NAMES, EvaluateConfig, _NAME_RE
 from .io import TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, timings_file, write_json, write_tsv
 from .metrics import (ALL_METRICS, BOOTSTRAP_METRICS, bootstrap_ci, close_meteor, corpus_scores,
                                   java_path, paired_bootstrap, sentence_scores)

@@ -18,7 +18,9 @@ import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 
-from .config import ConfigError, FiguresConfig, load_config
+from .config import load_config
+from .config_checks import ConfigError
+from .config_sections import FiguresConfig
 from .evaluate import (EvaluateConfig, dataset_label, summary_table, system_label, system_sort_key)
 from .analysis import AnalysisConfig
 from .io import atomic_path, atomic_write, read_json, read_tsv

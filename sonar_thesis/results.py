@@ -23,7 +23,8 @@ import numpy as np
 
 from .analysis import (CATEGORIES, category_counts, categorise, is_synthetic_run, load_evaluated,
                                    normalise_text)
-from .config import AnalysisConfig, Config, load_config
+from .config import Config, load_config
+from .config_sections import AnalysisConfig
 from .evaluate import dataset_label, system_label
 from .io import atomic_path, atomic_write, read_json, read_tsv, sha256sum, write_json
 from .video import H264Writer, iter_frames, probe_video, read_crop_meta, resample_indices, resolve_video_path

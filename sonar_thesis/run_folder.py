@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from torch import nn
 
-from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
+from .config_sections import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
 from .io import atomic_path, read_json
 from .train_setup import _broadcast, _say
 from .train_state import (CheckpointReadError, TrainResult, load_checkpoint, load_trimmed, model_signature,

@@ -13,7 +13,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .config import Config, EvaluateConfig, load_config
+from .config import Config, load_config
+from .config_sections import EvaluateConfig
 from .evaluate import dataset_label, evaluate_predictions, system_label
 from .io import TIMINGS_DIR, atomic_write, read_json, read_tsv, timings_file, write_json
 from .metrics import BOOTSTRAP_METRICS, paired_bootstrap, paired_bootstrap_diffs

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from .config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
+from .config_sections import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
 from .io import write_json
 from .run_folder import (_fingerprint, _link_or_copy, _Loggers, _restore_rng, _resume, _resume_or_start,
                                      _stored_result)

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from sonar_thesis import checkpoints as ck
+from sonar_thesis import download as dl
+from sonar_thesis.checkpoint_layouts import CheckpointError
 from sonar_thesis.checkpoints import (
-    PUBLISHED, ChecksumError, CheckpointError, DownloadError, PublishedFile, describe_checkpoint, download,
-    load_published, published_state_dict, read_checkpoint, save_published,
+    describe_checkpoint, load_published, published_state_dict, read_checkpoint, save_published,
 )
+from sonar_thesis.download import PUBLISHED, ChecksumError, DownloadError, PublishedFile, download
 from sonar_thesis.io import read_json, sha256sum
 from sonar_thesis.signhiera import SignHiera, hiera_base_128x224, signhiera_tiny
 from sonar_thesis.sonar import (
@@ -694,10 +696,10 @@ def test_remote_file_url_host_is_refused(tmp_path):
 
 
 def test_hint_command_omits_the_default_output_and_quotes():
-    assert ck._cmd("sonar_decoder", ck.DEFAULT_OUTPUT) == "sonar-thesis download --model sonar_decoder"
-    assert ck._cmd("sonar_decoder", "models/published", "/mnt/my mirror") == (
+    assert dl._cmd("sonar_decoder", dl.DEFAULT_OUTPUT) == "sonar-thesis download --model sonar_decoder"
+    assert dl._cmd("sonar_decoder", "models/published", "/mnt/my mirror") == (
         "sonar-thesis download --model sonar_decoder --from '/mnt/my mirror'")
-    assert ck.DEFAULT_OUTPUT == "models/published"
+    assert dl.DEFAULT_OUTPUT == "models/published"
 
 
 def test_published_checkpoints_and_features_are_byte_identical_with_ordinary_permissions(tmp_path):

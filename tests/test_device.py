@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import ROOT, VENV_BIN
-from sonar_thesis.config import PRESETS
+from sonar_thesis.config_sections import PRESETS
 from sonar_thesis.extract import resolve_device
 
 NO_CUDA = r"^hardware\.device is '{}' but torch\.cuda\.is_available\(\) is False \(no usable GPU\) — set hardware\.device: auto or cpu in params\.yaml \(or pass --device cpu\)$"

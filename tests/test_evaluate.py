@@ -17,7 +17,7 @@ from PIL import Image
 from sonar_thesis import evaluate as E
 from sonar_thesis import figures as F
 from sonar_thesis.analysis import CATEGORIES, AnalysisConfig, analyse
-from sonar_thesis.config import ConfigError
+from sonar_thesis.config_checks import ConfigError
 from sonar_thesis.io import read_json, read_tsv, write_tsv
 from sonar_thesis.metrics import close_meteor, java_path
 

@@ -111,7 +111,7 @@ def test_two_way_shards_then_merge(corpus, reference, monkeypatch):
 
 KILL_DRIVER = textwrap.dedent("""
     import sys, time, torch
-    from sonar_thesis.config import PRESETS
+    from sonar_thesis.config_sections import PRESETS
     from sonar_thesis.extract import extract_manifest
     from sonar_thesis.signhiera import signhiera_tiny
     state, manifest, out = sys.argv[1:4]
@@ -206,7 +206,7 @@ def test_torchrun_two_ranks_cli(corpus, reference, tmp_path):
 def test_uncropped_videos_are_cropped_in_the_workers(corpus, tmp_path):
     """A manifest of full frames + a crop config: the signer box (here the centre square) is cut in the workers."""
     import numpy as np
-    from sonar_thesis.config import PreprocessConfig
+    from sonar_thesis.config_sections import PreprocessConfig
     from sonar_thesis.extract import normalize_batch
     from sonar_thesis.video import center_box, crop_frame, iter_windows, write_video
     _, _, model = corpus

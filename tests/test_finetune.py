@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonar_thesis.config import PRESETS, Config, HardwareConfig, LoggingConfig, load_config
+from sonar_thesis.config import Config, load_config
+from sonar_thesis.config_sections import PRESETS, HardwareConfig, LoggingConfig
 from sonar_thesis.finetune import stage1_model, stage2_model
 from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
@@ -167,7 +168,8 @@ def test_stage2_gradient_checkpointing_reaches_encoder_and_decoder(tmp_path):
 
 
 def test_stage2_memory_keys_are_validated():
-    from sonar_thesis.config import ConfigError, Stage2Config, TrainingConfig, from_dict
+    from sonar_thesis.config_checks import ConfigError, from_dict
+    from sonar_thesis.config_sections import Stage2Config, TrainingConfig
     with pytest.raises(ConfigError, match="stage2.optimizer"):
         from_dict(Config, {"stage2": {"optimizer": "sgd"}})
     with pytest.raises(ConfigError, match="stage2.freeze_embeddings"):

@@ -11,8 +11,9 @@ import torch
 
 pytest.importorskip("mediapipe")
 
-from sonar_thesis.config import (Config, DataConfig, HardwareConfig, LandmarksConfig, LoggingConfig, ModelConfig,
-                                 SynthConfig, SynthDomainConfig, TrainingConfig)
+from sonar_thesis.config import Config
+from sonar_thesis.config_sections import (DataConfig, HardwareConfig, LandmarksConfig, LoggingConfig, ModelConfig,
+                                          SynthConfig, SynthDomainConfig, TrainingConfig)
 from sonar_thesis.data import prepare
 from sonar_thesis.evaluate import EvaluateConfig, evaluate_predictions
 from sonar_thesis.extract import extract_manifest, load_features

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonar_thesis.config import PRESETS, Config, DataConfig, SynthConfig
+from sonar_thesis.config import Config
+from sonar_thesis.config_sections import PRESETS, DataConfig, SynthConfig
 from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer

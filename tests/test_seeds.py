@@ -9,7 +9,8 @@ from statistics import NormalDist
 import pytest
 
 from sonar_thesis import seeds as S
-from sonar_thesis.config import Config, EvaluateConfig
+from sonar_thesis.config import Config
+from sonar_thesis.config_sections import EvaluateConfig
 from sonar_thesis.evaluate import evaluate_predictions, make_fake_predictions
 from sonar_thesis.io import write_json, write_tsv
 from sonar_thesis.metrics import bootstrap_ci, paired_bootstrap, paired_bootstrap_diffs

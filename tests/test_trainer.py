@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from sonar_thesis.config import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
+from sonar_thesis.config_sections import HardwareConfig, LoggingConfig, StageConfig, TrainingConfig
 from sonar_thesis.train_state import CheckpointReadError, load_checkpoint, load_weights
 from sonar_thesis.trainer import StepInfo, train
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from how2sign_layout import SENTENCES, write_tokenizer
-from sonar_thesis.config import PRESETS, Config, DataConfig
+from sonar_thesis.config import Config
+from sonar_thesis.config_sections import PRESETS, DataConfig
 from sonar_thesis.extract import merge_windows
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, langs_path

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from sonar_thesis.config import PRESETS, PreprocessConfig
+from sonar_thesis.config_sections import PRESETS, PreprocessConfig
 from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv, write_tsv
 from sonar_thesis.video import (VideoError, dlib_model_path, find_signer_box, get_detector, iter_frames,
                                 iter_windows, normalize, preprocess_clip, preprocess_manifest, resample_indices,
@@ -329,7 +329,8 @@ def _counter_value(frames):
 
 
 def test_config_mode_is_validated():
-    from sonar_thesis.config import Config, ConfigError, from_dict
+    from sonar_thesis.config import Config
+    from sonar_thesis.config_checks import ConfigError, from_dict
     with pytest.raises(ConfigError, match="preprocess.mode"):
         from_dict(Config, {"preprocess": {"mode": "exact"}})
     cfg = from_dict(Config, {"preset": "small"})
