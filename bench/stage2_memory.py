@@ -81,7 +81,10 @@ def child(spec: dict) -> dict:
     from torch import nn
     from sonar_thesis.config import Config
     from sonar_thesis.finetune import stage2_model
-    from sonar_thesis.sonar import sonar_asl_encoder, sonar_text_decoder_basic, SignToText, unique_params
+    from sonar_thesis.sign_to_text import SignToText
+    from sonar_thesis.sonar import unique_params
+    from sonar_thesis.sonar_encoder import sonar_asl_encoder
+    from sonar_thesis.sonar_text_decoder import sonar_text_decoder_basic
     from sonar_thesis.train_setup import autocast_context, make_optimizer, resolve_precision, set_gradient_checkpointing
     from sonar_thesis.translate import collate_features
 
@@ -152,7 +155,9 @@ def child(spec: dict) -> dict:
 def _counts(layers: int = 24) -> dict:
     """Parameter counts of the full model without building it (meta)."""
     import torch
-    from sonar_thesis.sonar import sonar_asl_encoder, sonar_text_decoder_basic, unique_params
+    from sonar_thesis.sonar import unique_params
+    from sonar_thesis.sonar_encoder import sonar_asl_encoder
+    from sonar_thesis.sonar_text_decoder import sonar_text_decoder_basic
     with torch.device("meta"):
         enc = sonar_asl_encoder(num_layers=layers, num_decoder_layers=layers)
         dec = sonar_text_decoder_basic(num_layers=layers)

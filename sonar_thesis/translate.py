@@ -29,11 +29,13 @@ from .io import MANIFEST_COLUMNS, TIMING_COLUMNS, read_tsv, timings_file, write_
 from .metrics import corpus_scores
 from .signhiera import SignHiera, build_signhiera
 from .synth import HANDSHAPES, MOTIONS, PALM_COLOURS, SIGN_LOCATIONS, TWO_HANDS, sign_for_word
-from .sonar import (DATA_TAGS, PAD_ID, SignToText, SonarTextDecoder, SonarTextEncoder, SonarTokenizer,
-                                decoder_loss, pad_batch, sonar_asl_encoder, sonar_encoder_small, sonar_encoder_tiny,
-                                sonar_text_decoder_basic, sonar_text_decoder_small, sonar_text_decoder_tiny,
-                                sonar_text_encoder_basic, sonar_text_encoder_small, sonar_text_encoder_tiny,
-                                langs_path, train_synthetic_tokenizer)
+from .sign_to_text import SignToText
+from .sonar import DATA_TAGS, PAD_ID, SonarTokenizer, pad_batch, langs_path, train_synthetic_tokenizer
+from .sonar_encoder import sonar_asl_encoder, sonar_encoder_small, sonar_encoder_tiny
+from .sonar_text_decoder import (SonarTextDecoder, decoder_loss, sonar_text_decoder_basic,
+                                             sonar_text_decoder_small, sonar_text_decoder_tiny)
+from .sonar_text_encoder import (SonarTextEncoder, sonar_text_encoder_basic, sonar_text_encoder_small,
+                                             sonar_text_encoder_tiny)
 from .train_state import inputs_fingerprint, load_weights
 from .trainer import train
 from .video import crop_frame, find_signer_box, iter_windows, resolve_video_path

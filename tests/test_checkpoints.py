@@ -21,9 +21,8 @@ from sonar_thesis.checkpoints import (
 from sonar_thesis.download import PUBLISHED, ChecksumError, DownloadError, PublishedFile, download
 from sonar_thesis.io import read_json, sha256sum
 from sonar_thesis.signhiera import SignHiera, hiera_base_128x224, signhiera_tiny
-from sonar_thesis.sonar import (
-    sonar_asl_encoder, sonar_encoder_tiny, sonar_text_decoder_basic, sonar_text_decoder_tiny,
-)
+from sonar_thesis.sonar_encoder import sonar_asl_encoder, sonar_encoder_tiny
+from sonar_thesis.sonar_text_decoder import sonar_text_decoder_basic, sonar_text_decoder_tiny
 
 SPECS = Path(__file__).resolve().parents[2] / "shared/specs"
 needs_specs = pytest.mark.skipif(not SPECS.is_dir(), reason=f"{SPECS} is missing (CI clones shared/ beside the repo)")
@@ -705,7 +704,7 @@ def test_hint_command_omits_the_default_output_and_quotes():
 def test_published_checkpoints_and_features_are_byte_identical_with_ordinary_permissions(tmp_path):
     """Same weights -> same file bytes (DVC hashes stay put across reruns), and not mkstemp's 0600."""
     import os
-    from sonar_thesis.extract import save_features
+    from sonar_thesis.extract_store import save_features
     from sonar_thesis.signhiera import build_signhiera
     torch.manual_seed(0)
     model = build_signhiera("tiny")

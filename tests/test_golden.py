@@ -15,9 +15,9 @@ import torch
 from conftest import SHARED
 from sonar_thesis.checkpoints import load_published
 from sonar_thesis.signhiera import SignHiera, SignHieraConfig, padding_mask_from_counts
-from sonar_thesis.sonar import (
-    SignT5SonarEncoder, SonarEncoderConfig, SonarTextDecoder, SonarTextDecoderConfig,
-)
+from sonar_thesis.sonar import SonarTextDecoderConfig
+from sonar_thesis.sonar_encoder import SignT5SonarEncoder, SonarEncoderConfig
+from sonar_thesis.sonar_text_decoder import SonarTextDecoder
 
 GOLDEN = SHARED / "golden"
 if not GOLDEN.is_dir():

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sonar_thesis.sonar import (
-    DATA_TAGS, EOS_ID, PAD_ID, SONAR_LANGS, SignToText, SonarTextDecoder, SonarTokenizer, TokenLayout,
-    decoder_state_from_fairseq2, decoder_state_to_fairseq2, langs_path, pad_batch, sonar_asl_encoder,
-    sonar_encoder_tiny, sonar_text_decoder_basic, sonar_text_decoder_tiny, state_dict_shapes,
-    train_synthetic_tokenizer, unique_params,
-)
+from sonar_thesis.sign_to_text import SignToText
+from sonar_thesis.sonar import (DATA_TAGS, EOS_ID, PAD_ID, SONAR_LANGS, SonarTokenizer, TokenLayout, langs_path,
+                                pad_batch, state_dict_shapes, train_synthetic_tokenizer, unique_params)
+from sonar_thesis.sonar_encoder import sonar_asl_encoder, sonar_encoder_tiny
+from sonar_thesis.sonar_text_decoder import (SonarTextDecoder, decoder_state_from_fairseq2, decoder_state_to_fairseq2,
+                                             sonar_text_decoder_basic, sonar_text_decoder_tiny)
 
 SPECS = Path(__file__).resolve().parents[2] / "shared/specs"
 CORPUS = ["now you take the brush and paint the fence", "add the flour to the bowl and stir it well",
