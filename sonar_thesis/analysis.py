@@ -17,7 +17,8 @@ from .config_checks import ConfigError
 from .config_sections import AnalysisConfig
 from .evaluate import (EvaluateConfig, SCORE_COLUMNS, dataset_label, system_label, system_sort_key)
 from .io import atomic_write, read_json, read_tsv, write_json, write_tsv
-from .metrics import bootstrap_ci, corpus_scores
+from .bootstrap import bootstrap_ci
+from .metrics import corpus_scores
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'VOCAB_TYPES', 'LENGTH_COLUMNS', 'SIGNER_COLUMNS', 'VOCAB_COLUMNS', 'load_evaluated', 'is_synthetic_run',

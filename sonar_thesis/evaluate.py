@@ -19,8 +19,8 @@ from .config import load_config
 from .config_checks import ConfigError
 from .config_sections import RESERVED_NAMES, EvaluateConfig, _NAME_RE
 from .io import TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, timings_file, write_json, write_tsv
-from .metrics import (ALL_METRICS, BOOTSTRAP_METRICS, bootstrap_ci, close_meteor, corpus_scores,
-                                  java_path, paired_bootstrap, sentence_scores)
+from .bootstrap import BOOTSTRAP_METRICS, bootstrap_ci, paired_bootstrap
+from .metrics import ALL_METRICS, close_meteor, corpus_scores, java_path, sentence_scores
 
 # %% auto #0
 __all__ = ['SYSTEM_ORDER', 'SYSTEM_LABELS', 'PREDICTION_COLUMNS', 'DOMAINS', 'FAKE_SHARED_WORDS', 'FAKE_TARGET_WORDS',
@@ -194,6 +194,34 @@ def flat_metrics(result: dict) -> dict:
     out["n_translation_failures"] = result["n_translation_failures"]
     return out
 
+# %% ../nbs/12_evaluate.ipynb #ab820c06
+def _bootstrap_cis(scores: dict[str, float], hyps: list[str], refs: list[str], cfg: EvaluateConfig) -> dict:
+    """{metric: {low, high, std}}: bootstrap CI of each scored metric that can be bootstrapped (11a_bootstrap)."""
+    ci = {}
+    for m in scores:
+        if m in BOOTSTRAP_METRICS:
+            b = bootstrap_ci(hyps, refs, m, n_samples=cfg.bootstrap_samples, seed=cfg.seed, alpha=cfg.alpha)
+            ci[m] = {"low": b.low, "high": b.high, "std": b.std}
+    return ci
+
+# %% ../nbs/12_evaluate.ipynb #2d86d181
+def _other_domains(rows: list[dict], chosen: list[dict]) -> dict:
+    """{domain: {n, bleu4, chrf}} for the domains in `rows` that were not chosen (reported beside, never mixed in)."""
+    other = {}
+    for d in sorted({r["domain"] for r in rows} - ({r["domain"] for r in chosen})):
+        drows, _ = _score_rows([r for r in rows if r["domain"] == d])
+        if drows:
+            s = corpus_scores([r["hypothesis"] for r in drows], [r["reference"] for r in drows], ("bleu4", "chrf"))
+            other[d] = {"n": s["n"], "bleu4": s["bleu4"], "chrf": s["chrf"]}
+    return other
+
+# %% ../nbs/12_evaluate.ipynb #4ab3d12d
+def _score_table(scored: list[dict], sent: list[dict]) -> list[dict]:
+    """The rows of scores.tsv (`SCORE_COLUMNS`): each scored prediction with its sentence scores."""
+    return [{**{k: r[k] for k in ("id", "domain", "signer", "n_frames", "reference", "hypothesis")},
+             "ref_words": _words(r["reference"]), **{k: round(v, 4) for k, v in s.items()}}
+            for r, s in zip(scored, sent)]
+
 # %% ../nbs/12_evaluate.ipynb #9df8c4ca
 def evaluate_predictions(pred_tsv: str | Path,              # predictions.tsv or its folder (with info.json)
                          out_dir: str | Path = ".",         # metrics_dir / results_dir are relative to this
@@ -226,22 +254,11 @@ def evaluate_predictions(pred_tsv: str | Path,              # predictions.tsv or
                        on_missing=cfg.on_missing, bleurt_checkpoint=cfg.bleurt_checkpoint or None)
     meta = ("n", "signatures", "implementations", "details", "skipped")
     scores = {m: float(v) for m, v in cs.items() if m not in meta}
-    ci = {}
-    for m in scores:
-        if m in BOOTSTRAP_METRICS:
-            b = bootstrap_ci(hyps, refs, m, n_samples=cfg.bootstrap_samples, seed=cfg.seed, alpha=cfg.alpha)
-            ci[m] = {"low": b.low, "high": b.high, "std": b.std}
-    other = {}
-    for d in sorted({r["domain"] for r in rows} - ({r["domain"] for r in chosen})):
-        drows, _ = _score_rows([r for r in rows if r["domain"] == d])
-        if drows:
-            s = corpus_scores([r["hypothesis"] for r in drows], [r["reference"] for r in drows], ("bleu4", "chrf"))
-            other[d] = {"n": s["n"], "bleu4": s["bleu4"], "chrf": s["chrf"]}
+    ci = _bootstrap_cis(scores, hyps, refs, cfg)
+    other = _other_domains(rows, chosen)
 
     sent = sentence_scores(hyps, refs)
-    score_rows = [{**{k: r[k] for k in ("id", "domain", "signer", "n_frames", "reference", "hypothesis")},
-                   "ref_words": _words(r["reference"]), **{k: round(v, 4) for k, v in s.items()}}
-                  for r, s in zip(scored, sent)]
+    score_rows = _score_table(scored, sent)
     results_dir = Path(out_dir) / cfg.results_dir / system
     scores_path = write_tsv(results_dir / "scores.tsv", score_rows, SCORE_COLUMNS)
 

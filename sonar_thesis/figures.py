@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -24,15 +22,14 @@ from .config_sections import FiguresConfig
 from .evaluate import (EvaluateConfig, dataset_label, summary_table, system_label, system_sort_key)
 from .analysis import AnalysisConfig
 from .io import atomic_path, atomic_write, read_json, read_tsv
+from .tables import (_signature, _systems_synthetic, check_latex, figure_label, results_table_latex,
+                                 results_table_markdown)
 
 # %% auto #0
-__all__ = ['METRIC_LABELS', 'SYSTEM_COLORS', 'FIGURE_LABELS', 'SCORE_METRICS', 'RUN_TITLES', 'CURVE_STYLE', 'PUBLISHED_SOURCE',
-           'PUBLISHED_HOW2SIGN', 'OUR_EXTRA_DATA', 'TABLE_COLUMNS', 'PUBLISHED_HEADING', 'TEX_ENGINES', 'figure_label',
-           'system_color', 'thesis_rc', 'figure_title', 'new_figure', 'figure_text', 'save_figure', 'read_dvclive',
-           'learning_curve_series', 'log_scale_wanted', 'training_runs', 'plot_learning_curves', 'plot_metric_bars',
-           'attach_seeds', 'plot_bleu_by_length', 'plot_bleu_by_signer', 'latex_escape', 'table_columns',
-           'table_caption', 'results_table_markdown', 'results_table_latex', 'validate_latex_table', 'check_latex',
-           'load_evaluations', 'decide_synthetic', 'make_figures']
+__all__ = ['METRIC_LABELS', 'SYSTEM_COLORS', 'SCORE_METRICS', 'RUN_TITLES', 'CURVE_STYLE', 'system_color', 'thesis_rc',
+           'figure_title', 'new_figure', 'figure_text', 'save_figure', 'read_dvclive', 'learning_curve_series',
+           'log_scale_wanted', 'training_runs', 'plot_learning_curves', 'plot_metric_bars', 'attach_seeds',
+           'plot_bleu_by_length', 'plot_bleu_by_signer', 'load_evaluations', 'decide_synthetic', 'make_figures']
 
 # %% ../nbs/14_figures.ipynb #91ed5e22
 #| export
@@ -43,15 +40,6 @@ METRIC_LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4
 _PALETTE = sns.color_palette("colorblind", 10)
 SYSTEM_COLORS = {"zeroshot": _PALETTE[7], "stage2": _PALETTE[0], "ablation": _PALETTE[2], "landmarks": _PALETTE[1],
                  "pretrain": _PALETTE[4], "stage1": _PALETTE[3]}
-
-
-FIGURE_LABELS = {"zeroshot": "zero-shot", "stage2": "fine-tuned", "ablation": "ablation (pretr. features)",
-                 "landmarks": "landmarks"}   # short: legends must fit a 3.3 in column at 8 pt
-
-
-def figure_label(name: str) -> str:
-    """Short system name for legends."""
-    return FIGURE_LABELS.get(name, name)
 
 # %% ../nbs/14_figures.ipynb #3d8b39bb
 def system_color(name: str):
@@ -252,13 +240,6 @@ def plot_learning_curves(runs: dict[str, dict], *, synthetic: bool, cfg: Figures
         fig.suptitle(figure_title("Learning curves per training run", synthetic))
     return fig
 
-# %% ../nbs/14_figures.ipynb #21bdeadf
-def _systems_synthetic(evals: dict[str, dict]) -> bool:
-    flags = {e["synthetic"] for e in evals.values()}
-    if len(flags) > 1:
-        raise ValueError(f"synthetic and How2Sign results mixed: { {s: e['synthetic'] for s, e in evals.items()} }")
-    return flags.pop() if flags else True
-
 # %% ../nbs/14_figures.ipynb #2a88b333
 def plot_metric_bars(evals: dict[str, dict], *, synthetic: bool, cfg: FiguresConfig | None = None):
     """Grouped bars: metrics × systems with 95 % bootstrap CIs; `evals` = {system: evaluation.json}."""
@@ -385,229 +366,6 @@ def plot_bleu_by_signer(rows: list[dict], *, synthetic: bool, cfg: FiguresConfig
         fig.legend(loc="outside lower center", ncol=4 if wide else 2, frameon=False)
         fig.suptitle(figure_title("BLEU-4 per signer", synthetic))
     return fig
-
-# %% ../nbs/14_figures.ipynb #5c5127db
-PUBLISHED_SOURCE = "shared/docs/how2sign-facts.md; values as reported by the papers or by later papers' comparison tables"
-PUBLISHED_HOW2SIGN = [   # How2Sign test set; BLEU-1, BLEU-4, ROUGE-L, BLEURT as published
-    dict(system="GloFE-VN", venue="ACL 2023", extra_data="pose only", bleu1=14.9, bleu4=2.2, rougeL=12.6, bleurt=31.7, cite="lin2023glofe"),
-    dict(system="Tarrés et al.", venue="CVPR-W 2023", extra_data="none", bleu1=34.0, bleu4=8.0, rougeL=None, bleurt=None, cite="tarres2023sign"),
-    dict(system="SSVP-SLT, How2Sign only", venue="ACL 2024", extra_data="none", bleu1=30.2, bleu4=7.0, rougeL=25.7, bleurt=39.3, cite="rust2024ssvpslt"),
-    dict(system="YouTube-ASL (Uthus et al.)", venue="NeurIPS 2023", extra_data="YouTube-ASL 984 h", bleu1=37.8, bleu4=12.4, rougeL=None, bleurt=46.6, cite="uthus2023youtubeasl"),
-    dict(system="VAP", venue="ECCV 2024", extra_data="none", bleu1=39.2, bleu4=12.9, rougeL=27.8, bleurt=None, cite="jiao2024vap"),
-    dict(system="SignMusketeers", venue="2025", extra_data="YouTube-ASL", bleu1=41.5, bleu4=14.3, rougeL=None, bleurt=None, cite="gueuwou2025signmusketeers"),
-    dict(system="Uni-Sign pose+RGB", venue="ICLR 2025", extra_data="CSL-News + ASL", bleu1=40.2, bleu4=14.9, rougeL=36.0, bleurt=49.4, cite="li2025unisign"),
-    dict(system="SSVP-SLT best", venue="ACL 2024", extra_data="YouTube-ASL + How2Sign", bleu1=43.2, bleu4=15.5, rougeL=38.4, bleurt=49.6, cite="rust2024ssvpslt"),
-    dict(system="SHuBERT", venue="ACL 2025", extra_data="~1,000 h ASL", bleu1=None, bleu4=16.2, rougeL=None, bleurt=49.9, cite="gueuwou2025shubert"),
-    dict(system="SignRAG", venue="2026 preprint", extra_data="YouTube-ASL + LLM", bleu1=44.7, bleu4=16.7, rougeL=38.5, bleurt=None, cite="signrag2026"),
-]
-assert max(r["bleu4"] for r in PUBLISHED_HOW2SIGN) < 20, "published How2Sign BLEU-4 tops out at 15-17"
-
-# %% ../nbs/14_figures.ipynb #3dbc49a3
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "–": "--", "—": "---", "≈": r"$\approx$", "×": r"$\times$", "±": r"$\pm$", "é": r"\'e", "è": r"\`e",
-                  "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters (and map a few non-ASCII ones) for text mode."""
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
-
-# %% ../nbs/14_figures.ipynb #a466276b
-OUR_EXTRA_DATA = {"synthetic": {"zeroshot": "synthetic source domain", "stage2": "synthetic source + target",
-                                "ablation": "synthetic source + target", "landmarks": "none"},
-                  "how2sign": {"zeroshot": "DailyMoth-70h", "stage2": "DailyMoth-70h + How2Sign",
-                               "ablation": "DailyMoth-70h + How2Sign", "landmarks": "none"}}
-TABLE_COLUMNS = ("System", "Extra data", "BLEU-1", "BLEU-4", "ROUGE-L", "BLEURT", "n", "Measured here")
-
-
-def _v(x, nd=1):
-    return "–" if x is None else f"{x:.{nd}f}"
-
-# %% ../nbs/14_figures.ipynb #dbf11255
-def _our_rows(evals: dict[str, dict], synthetic: bool) -> list[dict]:
-    rows = []
-    for s in sorted(evals, key=system_sort_key):
-        e = evals[s]
-        sc, ci = e["scores"], e["ci"].get("bleu4")
-        rows.append(dict(system=figure_label(s), extra_data=OUR_EXTRA_DATA["synthetic" if synthetic else "how2sign"].get(s, "–"),
-                         bleu1=sc.get("bleu1"), bleu4=sc.get("bleu4"), bleu4_ci=(ci["low"], ci["high"]) if ci else None,
-                         rougeL=sc.get("rougeL"), bleurt=sc.get("bleurt"), n=e["n"],
-                         bleu4_seeds=e.get("seeds", {}).get("metrics", {}).get("bleu4")))   # {mean, sd} (attach_seeds)
-    return rows
-
-# %% ../nbs/14_figures.ipynb #77c3bbec
-def table_columns(evals: dict[str, dict]) -> tuple[str, ...]:
-    """`TABLE_COLUMNS`, with "BLEU-4 mean ± sd over N seeds" after BLEU-4 when a seed summary is attached."""
-    k = max((e.get("seeds", {}).get("n_seeds", 0) for e in evals.values()), default=0)
-    i = TABLE_COLUMNS.index("BLEU-4") + 1
-    return TABLE_COLUMNS[:i] + (f"BLEU-4 mean ± sd over {k} seeds",) + TABLE_COLUMNS[i:] if k else TABLE_COLUMNS
-
-# %% ../nbs/14_figures.ipynb #ecabd5c0
-def _seed_cell(r: dict) -> str:
-    s = r["bleu4_seeds"]
-    return "–" if s is None else f"{s['mean']:.1f} ± {s['sd']:.1f}"
-
-# %% ../nbs/14_figures.ipynb #4afdd817
-def _signature(evals: dict[str, dict]) -> str:
-    sigs = {e["signatures"].get("bleu4") for e in evals.values()} - {None}
-    if len(sigs) > 1:
-        raise ValueError(f"systems were scored with different BLEU signatures: {sigs}")
-    return sigs.pop() if sigs else "–"
-
-# %% ../nbs/14_figures.ipynb #16fbde86
-def table_caption(evals: dict[str, dict], synthetic: bool, code=lambda s: s) -> str:
-    """Plain-text caption: what the rows are, the data label, the sacrebleu signature (through `code`) and n."""
-    ns = sorted({e["n"] for e in evals.values()})
-    n_txt = (f"{ns[0]:,}" if len(ns) == 1 else f"{ns[0]:,}–{ns[-1]:,}") if ns else "–"
-    ours = ("Rows marked as measured here were computed on the SYNTHETIC stand-in corpus, NOT on How2Sign: "
-            "they test the pipeline and are not comparable with the published rows. " if synthetic else
-            "Rows marked as measured here were computed on the How2Sign test set by this repository. ")
-    return ("How2Sign test results (BLEU-1/BLEU-4: corpus BLEU; ROUGE-L: F1; BLEURT: BLEURT-20 × 100). "
-            "Published rows as reported in the cited papers (source: " + PUBLISHED_SOURCE + "); "
-            "papers score 2,322–2,357 test clips. " + ours +
-            f"Our BLEU: sacrebleu signature {code(_signature(evals))}; BLEU-4 with a 95% bootstrap CI; ROUGE-L by rouge-score "
-            f"(F1, no stemmer); n = {n_txt} sentences scored.")
-
-# %% ../nbs/14_figures.ipynb #7661aea2
-def _section_heading(synthetic: bool, evals: dict[str, dict]) -> str:
-    if synthetic:
-        return "This repository — SYNTHETIC stand-in corpus, not How2Sign — not comparable with the rows above"
-    n = max((e["n"] for e in evals.values()), default=0)
-    return f"This repository — measured here on the How2Sign test set (n = {n:,})"
-
-# %% ../nbs/14_figures.ipynb #c8634822
-PUBLISHED_HEADING = "Published How2Sign test results (not measured here)"
-
-
-def results_table_markdown(evals: dict[str, dict]) -> str:
-    """The results table as Markdown (published rows, then our rows in their own labelled section)."""
-    synthetic, cols = _systems_synthetic(evals), table_columns(evals)
-    seed = (lambda r: f" {_seed_cell(r)} |") if len(cols) > len(TABLE_COLUMNS) else (lambda r: "")
-    lines = [f"**Table: How2Sign results — published vs this repository"
-             + (" (our rows: SYNTHETIC stand-in corpus, not How2Sign)" if synthetic else "") + ".** "
-             + table_caption(evals, synthetic, code=lambda s: f"`{s}`"), "",
-             "| " + " | ".join(cols) + " | Source |", "|" + "---|" * (len(cols) + 1),
-             f"| **{PUBLISHED_HEADING}** |" + " |" * len(cols)]
-    for r in PUBLISHED_HOW2SIGN:
-        lines.append(f"| {r['system']} ({r['venue']}) | {r['extra_data']} | {_v(r['bleu1'])} | {_v(r['bleu4'])} |"
-                     f"{seed(dict(bleu4_seeds=None))} {_v(r['rougeL'])} | {_v(r['bleurt'])} | – | no | {r['cite']} |")
-    lines.append(f"| **{_section_heading(synthetic, evals)}** |" + " |" * len(cols))
-    for r in _our_rows(evals, synthetic):
-        ci = f" [{r['bleu4_ci'][0]:.1f}, {r['bleu4_ci'][1]:.1f}]" if r["bleu4_ci"] else ""
-        lines.append(f"| {r['system']}{' (synthetic)' if synthetic else ''} | {r['extra_data']} | {_v(r['bleu1'])} | "
-                     f"{_v(r['bleu4'])}{ci} |{seed(r)} {_v(r['rougeL'])} | {_v(r['bleurt'])} | {r['n']:,} | yes | this repository |")
-    if not evals:
-        lines.append("| (no system evaluated yet) |" + " |" * len(cols))
-    return "\n".join(lines)
-
-# %% ../nbs/14_figures.ipynb #2e70a4bd
-def _latex_caption(evals: dict[str, dict], synthetic: bool) -> str:
-    "The caption, escaped, with the signature in typewriter type (placeholder swapped after escaping)."
-    text = latex_escape(table_caption(evals, synthetic, code=lambda s: "SIGNATUREPLACEHOLDER"))
-    return text.replace("SIGNATUREPLACEHOLDER", r"\texttt{" + latex_escape(_signature(evals) if evals else "--") + "}")
-
-# %% ../nbs/14_figures.ipynb #fe29a564
-def results_table_latex(evals: dict[str, dict], label: str = "tab:how2sign-results") -> str:
-    """The results table as a booktabs LaTeX `table` (needs \\usepackage{booktabs})."""
-    synthetic, cols = _systems_synthetic(evals), table_columns(evals)
-    ncol, seed = len(cols), (lambda r: [latex_escape(_seed_cell(r))]) if len(cols) > len(TABLE_COLUMNS) else (lambda r: [])
-    row = lambda cells: " & ".join(cells) + r" \\"
-    L = [r"\begin{table}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
-         r"\caption{" + _latex_caption(evals, synthetic) + "}", rf"\label{{{label}}}",
-         r"\begin{tabular}{ll" + "r" * (ncol - 3) + "c}", r"\toprule",
-         row([rf"\textbf{{{latex_escape(c)}}}" if c != "n" else r"$n$" for c in cols]), r"\midrule",
-         row([rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{latex_escape(PUBLISHED_HEADING)}}}}}"])]
-    for r in PUBLISHED_HOW2SIGN:
-        L.append(row([f"{latex_escape(r['system'])} \\cite{{{r['cite']}}}", latex_escape(r["extra_data"]),
-                      latex_escape(_v(r["bleu1"])), latex_escape(_v(r["bleu4"])), *seed(dict(bleu4_seeds=None)),
-                      latex_escape(_v(r["rougeL"])), latex_escape(_v(r["bleurt"])), "--", "no"]))
-    L += [r"\midrule", row([rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{latex_escape(_section_heading(synthetic, evals))}}}}}"])]
-    for r in _our_rows(evals, synthetic):
-        b4 = latex_escape(_v(r["bleu4"]))
-        if r["bleu4_ci"]:
-            b4 += rf" {{\scriptsize [{r['bleu4_ci'][0]:.1f}, {r['bleu4_ci'][1]:.1f}]}}"
-        L.append(row([latex_escape(r["system"] + (" (synthetic)" if synthetic else "")), latex_escape(r["extra_data"]),
-                      latex_escape(_v(r["bleu1"])), b4, *seed(r), latex_escape(_v(r["rougeL"])), latex_escape(_v(r["bleurt"])),
-                      f"{r['n']:,}".replace(",", "{,}"), "yes"]))
-    if not evals:
-        L.append(row([rf"\multicolumn{{{ncol}}}{{l}}{{(no system evaluated yet)}}"]))
-    L += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(L) + "\n"
-
-# %% ../nbs/14_figures.ipynb #402f7d2c
-def _strip_escapes(tex: str) -> str:
-    return re.sub(r"\\[\\{}&%$#_]", "", tex.replace("\\\\", "\n"))
-
-# %% ../nbs/14_figures.ipynb #72e407d5
-def validate_latex_table(tex: str) -> list[str]:
-    """Structural problems of a LaTeX table (empty list = valid)."""
-    problems = []
-    body = _strip_escapes(tex)
-    depth = 0
-    for ch in body:
-        depth += (ch == "{") - (ch == "}")
-        if depth < 0:
-            problems.append("unbalanced braces: '}' without '{'")
-            break
-    if depth > 0:
-        problems.append(f"unbalanced braces: {depth} '{{' not closed")
-    stack = []
-    for kind, env in re.findall(r"\\(begin|end)\{([^}]*)\}", tex):
-        if kind == "begin":
-            stack.append(env)
-        elif not stack or stack.pop() != env:
-            problems.append(f"\\end{{{env}}} does not match an open \\begin")
-    if stack:
-        problems.append(f"environments not closed: {stack}")
-    for rule in ("toprule", "midrule", "bottomrule"):
-        if f"\\{rule}" not in tex:
-            problems.append(f"booktabs \\{rule} missing")
-    if "\\hline" in tex:
-        problems.append("\\hline used: booktabs tables use \\toprule/\\midrule/\\bottomrule")
-    m = re.search(r"\\begin\{tabular\}\{([^}]*)\}(.*)\\end\{tabular\}", tex, re.S)
-    if not m:
-        problems.append("no tabular environment")
-    else:
-        ncol = len(re.findall(r"[lcrX]|p\{[^}]*\}", m.group(1)))
-        for i, line in enumerate(m.group(2).split("\\\\")):
-            line = re.sub(r"\\(toprule|midrule|bottomrule|cmidrule(\([^)]*\))?(\{[^}]*\})?)", "", line).strip()
-            if not line:
-                continue
-            cells = len(re.findall(r"(?<!\\)&", line)) + 1
-            cells += sum(int(k) - 1 for k in re.findall(r"\\multicolumn\{(\d+)\}", line))
-            if cells != ncol:
-                problems.append(f"row {i + 1} has {cells} cells, the column spec declares {ncol}: {line[:60]!r}")
-    for ch in "%#_":
-        if re.search(r"(?<!\\)" + re.escape(ch), re.sub(r"\\(cite|label|ref)\{[^}]*\}", "", tex)):
-            problems.append(f"unescaped {ch!r}")
-    if len(re.findall(r"(?<!\\)\$", tex)) % 2:
-        problems.append("unbalanced $ (math mode)")
-    bad = sorted({c for c in tex if ord(c) > 127})
-    if bad:
-        problems.append(f"non-ASCII characters {bad} (escape them for pdflatex)")
-    return problems
-
-# %% ../nbs/14_figures.ipynb #530cbd61
-TEX_ENGINES = ("pdflatex", "lualatex", "tectonic")
-
-
-def check_latex(tex: str) -> dict:
-    """{'engine': name or None, 'compiled': bool | None, 'problems': [...]} — compile if a TeX engine exists."""
-    problems = validate_latex_table(tex)
-    engine = next((e for e in TEX_ENGINES if shutil.which(e)), None)
-    out = {"engine": engine, "compiled": None, "problems": problems}
-    if engine is None:
-        return out
-    doc = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\\end{document}\n"
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "t.tex").write_text(doc)
-        cmd = [engine, "t.tex"] if engine == "tectonic" else [engine, "-interaction=nonstopmode", "-halt-on-error", "t.tex"]
-        p = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=120)
-        out["compiled"] = p.returncode == 0 and (Path(d) / "t.pdf").exists()
-        if not out["compiled"]:
-            out["problems"].append(f"{engine} failed: {(p.stdout + p.stderr)[-1500:]}")
-    return out
 
 # %% ../nbs/14_figures.ipynb #e41c96ab
 def load_evaluations(results_dir: str | Path, systems: list[str] | None = None) -> dict[str, dict]:

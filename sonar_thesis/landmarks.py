@@ -13,29 +13,28 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, LandmarksConfig, load_config
 from .extract import ExtractFailure, extract_manifest, load_features, resolve_device
 from .io import (TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, remove_other_outputs, timings_file,
                              without_keys, write_json, write_tsv)
-from .sonar import EOS_ID, PAD_ID, SonarTokenizer
-from .synth import POSE_NAMES
-from .train_state import inputs_fingerprint, load_checkpoint, save_checkpoint
+from .landmark_model import (LandmarkT5, build_landmark_model, count_parameters, load_landmark_model,
+                                         save_landmark_model)
+from .sonar import SonarTokenizer
+from .synth_render import POSE_NAMES
+from .train_state import inputs_fingerprint
 from .trainer import fit_best
 from .translate import FeatureDataset, bleu_validator, collate_features
 from .video import VideoError, iter_frames, probe_video, resample_indices
 
 # %% auto #0
 __all__ = ['FACE_POSE_IDS', 'BODY_POSE_IDS', 'HAND_POINTS', 'CHANNELS', 'MIN_VISIBILITY', 'MIN_POSE_FRACTION', 'LANDMARK_FORMAT',
-           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'LANDMARK_PRESETS', 'pose_ids', 'landmark_names',
-           'landmark_dim', 'NoSigner', 'normalize_landmarks', 'holistic_points', 'holistic_landmarks', 'panned_photo',
-           'first_frame', 'groundtruth_points', 'groundtruth_clip', 'compare_sources', 'LandmarkProducer', 'unflatten',
+           'TARGET_FPS', 'LANDMARK_DOMAINS', 'CHECK_CLIPS', 'pose_ids', 'landmark_names', 'landmark_dim', 'NoSigner',
+           'normalize_landmarks', 'holistic_points', 'holistic_landmarks', 'panned_photo', 'first_frame',
+           'groundtruth_points', 'groundtruth_clip', 'compare_sources', 'LandmarkProducer', 'unflatten',
            'write_photo_clips', 'skdata_astronaut', 'groundtruth_index', 'mediapipe_check', 'extract_landmarks',
-           'LandmarkT5', 'build_landmark_model', 't5_parameter_count', 'count_parameters', 'save_landmark_model',
-           'load_landmark_model', 'train_landmarks', 'predict_landmarks']
+           'train_landmarks', 'predict_landmarks']
 
 # %% ../nbs/15_landmarks.ipynb #a0392ca2
 FACE_POSE_IDS = tuple(range(11))          # MediaPipe Pose 0–10: nose, eyes, ears, mouth corners
@@ -396,150 +395,6 @@ def extract_landmarks(cfg: Config, domains: Sequence[str] = LANDMARK_DOMAINS, pr
     _update_timings(timings_file("landmarks_extract"), timed, {r["id"] for s in splits for r in read_tsv(root / s / "lengths.tsv")})
     write_json(root / "report.json", without_keys(report))   # timings printed, not stored: a rerun writes the same bytes
     return report
-
-# %% ../nbs/15_landmarks.ipynb #fe54e178
-LANDMARK_PRESETS = {   # T5 sizes, frame_stack (consecutive frames per encoder position) and dropout
-    "tiny": dict(d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
-                 frame_stack=4, dropout=0.0),
-    "small": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                  frame_stack=4, dropout=0.0),   # CI's real-path preset
-    "sonar": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
-                  frame_stack=1, dropout=0.1),   # T5-base: every frame a position, T5's dropout
-}
-
-
-class LandmarkT5(nn.Module):
-    """Landmark sequences `[B, F, K·3]` → linear projection → T5 encoder–decoder → token logits / text."""
-    def __init__(self,
-                 input_dim: int,                # K·3 features per frame
-                 vocab_size: int,               # the tokenizer's size (ids in the SONAR layout)
-                 preset: str = "tiny",          # LANDMARK_PRESETS key
-                 dropout: float | None = None,  # None: the preset's
-                 label_smoothing: float = 0.0,
-                 **overrides):                  # frame_stack or any T5Config size (d_model, num_layers, ...)
-        super().__init__()
-        from transformers import T5Config, T5ForConditionalGeneration
-        if preset not in LANDMARK_PRESETS:
-            raise ValueError(f"unknown landmarks preset {preset!r}; expected one of {sorted(LANDMARK_PRESETS)}")
-        sizes = {**LANDMARK_PRESETS[preset], **overrides}
-        default_dropout = sizes.pop("dropout")
-        dropout = default_dropout if dropout is None else dropout
-        self.frame_stack = int(sizes.pop("frame_stack"))
-        if self.frame_stack < 1:
-            raise ValueError(f"frame_stack must be >= 1, got {self.frame_stack}")
-        self.config = dict(input_dim=int(input_dim), vocab_size=int(vocab_size), preset=preset,
-                           dropout=float(dropout), label_smoothing=float(label_smoothing), **overrides)
-        self.label_smoothing = label_smoothing
-        self.proj = nn.Linear(self.frame_stack * input_dim, sizes["d_model"])     # [B, F/s, s·K·3] -> [B, F/s, D]
-        self.t5 = T5ForConditionalGeneration(T5Config(
-            vocab_size=vocab_size, dropout_rate=dropout, feed_forward_proj="relu", tie_word_embeddings=True,
-            pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=EOS_ID, **sizes))
-
-    def gradient_checkpointing_enable(self):
-        """`training.gradient_checkpointing` (the trainer's memory knob) → the T5's own checkpointing."""
-        (getattr(self.t5, "activation_checkpointing_enable", None) or self.t5.gradient_checkpointing_enable)()
-
-    def gradient_checkpointing_disable(self):
-        (getattr(self.t5, "activation_checkpointing_disable", None) or self.t5.gradient_checkpointing_disable)()
-
-    def embed_inputs(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features `[B, F, K·3]`, mask `[B, F]` → encoder inputs `[B, ⌈F/s⌉, D]` and their mask (s = frame_stack)."""
-        s = self.frame_stack
-        if s > 1:
-            B, n, C = features.shape
-            pad = (-n) % s                                   # padded frames are zeros: every point "missing"
-            features = F.pad(features, (0, 0, 0, pad)).reshape(B, (n + pad) // s, s * C)
-            mask = F.pad(mask, (0, pad)).reshape(B, -1, s).any(-1)
-        return self.proj(features), mask
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: features `[B, F, K·3]`, mask `[B, F]` (True = frame), decoder ids `[B, T]` → logits `[B, T, V]`."""
-        emb, mask = self.embed_inputs(features, mask)
-        return self.t5(inputs_embeds=emb, attention_mask=mask.long(), decoder_input_ids=tgt_in, use_cache=False).logits
-
-    def training_loss(self, batch: dict) -> torch.Tensor:
-        """Mean token cross-entropy (label-smoothed) of `batch["tgt"]` (`encode_target` rows, right-padded)."""
-        tgt = batch["tgt"]
-        logits = self(batch["features"], batch["mask"], tgt[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD_ID,
-                               label_smoothing=self.label_smoothing)
-
-    @torch.no_grad()
-    def encode(self, features: torch.Tensor, mask: torch.Tensor):
-        """The T5 encoder's output for a batch (what `generate` cross-attends to) and its mask."""
-        emb, mask = self.embed_inputs(features, mask)
-        return self.t5.get_encoder()(inputs_embeds=emb, attention_mask=mask.long()), mask
-
-    @torch.no_grad()
-    def generate_ids(self, features: torch.Tensor, mask: torch.Tensor, prompt: Sequence[int], beam_size: int = 5,
-                     max_len: int = 128, length_penalty: float = 1.0,
-                     encoder_outputs=None,          # `encode(features, mask)`'s result, when already computed
-                     ) -> torch.Tensor:
-        """Beam search from `prompt` (`[</s>, lang]`) → ids `[B, T]` (prompt included, padded after `</s>`).
-        `max_len`: new tokens, EOS included; 0 (`model.max_len`'s default) = the published SONAR decoder's limit,
-        512 positions − prompt, so that both systems may write equally long sentences."""
-        from transformers import GenerationConfig
-        was_training = self.training
-        self.eval()
-        try:
-            B = features.shape[0]
-            max_new = max_len if max_len > 0 else 512 - len(prompt)
-            gen = GenerationConfig(num_beams=beam_size, max_new_tokens=max_new, length_penalty=length_penalty,
-                                   do_sample=False, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-                                   decoder_start_token_id=EOS_ID)
-            enc, enc_mask = encoder_outputs if encoder_outputs is not None else self.encode(features, mask)
-            start = torch.tensor([list(prompt)], device=features.device).expand(B, -1)
-            return self.t5.generate(encoder_outputs=enc, attention_mask=enc_mask.long(), decoder_input_ids=start,
-                                    generation_config=gen)
-        finally:
-            self.train(was_training)
-
-    @torch.no_grad()
-    def translate(self, batch: dict, tokenizer: SonarTokenizer, lang: str = "eng_Latn",
-                  beam_size: int = 1, max_len: int = 128) -> list[str]:
-        """Batch of landmark sequences → sentences (the `bleu_validator` protocol)."""
-        ids = self.generate_ids(batch["features"], batch["mask"], tokenizer.prompt(lang), beam_size, max_len)
-        return [tokenizer.decode(i) for i in ids]
-
-# %% ../nbs/15_landmarks.ipynb #6390c3bb
-def build_landmark_model(preset: str, input_dim: int, vocab_size: int, dropout: float | None = None,
-                         label_smoothing: float = 0.0, **overrides) -> LandmarkT5:
-    """The landmarks seq2seq model at `preset` sizes (tiny | sonar = T5-base-shaped)."""
-    return LandmarkT5(input_dim, vocab_size, preset, dropout, label_smoothing, **overrides)
-
-# %% ../nbs/15_landmarks.ipynb #b0fd81f5
-def t5_parameter_count(vocab_size: int, d_model: int, d_kv: int, d_ff: int, num_layers: int, num_decoder_layers: int,
-                       num_heads: int, relative_attention_num_buckets: int = 32, **_) -> int:
-    """Parameters of a T5 (ReLU FFN, tied embeddings, no biases) — the formula the built model must match."""
-    inner = d_kv * num_heads
-    attn = 4 * d_model * inner
-    ffn = 2 * d_model * d_ff
-    enc = num_layers * (attn + ffn + 2 * d_model) + relative_attention_num_buckets * num_heads + d_model
-    dec = num_decoder_layers * (2 * attn + ffn + 3 * d_model) + relative_attention_num_buckets * num_heads + d_model
-    return vocab_size * d_model + enc + dec
-
-# %% ../nbs/15_landmarks.ipynb #c8109769
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (tied weights once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-# %% ../nbs/15_landmarks.ipynb #493f8033
-def save_landmark_model(model: LandmarkT5, path: str | Path) -> Path:
-    """The trained model with its constructor arguments, atomically (loads with `weights_only=True`)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_checkpoint(path, {"format": "sonar_thesis.landmarks/1", "config": dict(model.config), "model": state})
-
-# %% ../nbs/15_landmarks.ipynb #3ed9448f
-def load_landmark_model(path: str | Path, device: str | torch.device = "cpu") -> LandmarkT5:
-    """Rebuild a `LandmarkT5` from `save_landmark_model`'s file (eval mode)."""
-    ck = load_checkpoint(path)
-    if ck.get("format") != "sonar_thesis.landmarks/1":
-        raise ValueError(f"{path}: not a landmarks model file (format {ck.get('format')!r}) — run the landmarks_train stage")
-    c = dict(ck["config"])
-    model = LandmarkT5(c.pop("input_dim"), c.pop("vocab_size"), c.pop("preset"), c.pop("dropout"),
-                       c.pop("label_smoothing"), **c)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval()
 
 # %% ../nbs/15_landmarks.ipynb #dfef2703
 def _landmark_settings(feature_dir: Path) -> dict:

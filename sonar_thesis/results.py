@@ -11,7 +11,6 @@ import html
 import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -27,12 +26,13 @@ from .config import Config, load_config
 from .config_sections import AnalysisConfig
 from .evaluate import dataset_label, system_label
 from .io import atomic_path, atomic_write, read_json, read_tsv, sha256sum, write_json
+from .results_page import render_page
 from .video import H264Writer, iter_frames, probe_video, read_crop_meta, resample_indices, resolve_video_path
 
 # %% auto #0
-__all__ = ['PAGE_TEMPLATE', 'CHROMIUM_NAMES', 'CHROMIUM_HINT', 'word_diff', 'browser_rows', 'playback_frames', 'playback_length',
-           'WebClipWriter', 'clip_sources', 'web_clip', 'write_web_clips', 'render_page', 'build_results_page',
-           'find_chromium', 'HeadlessChromium', 'page_load_ms']
+__all__ = ['CHROMIUM_NAMES', 'CHROMIUM_HINT', 'word_diff', 'browser_rows', 'playback_frames', 'playback_length', 'WebClipWriter',
+           'clip_sources', 'web_clip', 'write_web_clips', 'build_results_page', 'find_chromium', 'HeadlessChromium',
+           'page_load_ms']
 
 # %% ../nbs/13b_results.ipynb #82e1add7
 def word_diff(hypothesis: str, reference: str) -> str:
@@ -191,243 +191,47 @@ def write_web_clips(sources: dict[str, Path],        # {id: crop or prepared cli
     write_json(index_path, clips)
     return {"clips": clips, "failed": failed, "written": written, "reused": reused}
 
-# %% ../nbs/13b_results.ipynb #4de0e0c1
-PAGE_TEMPLATE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-:root { --ins: #d9f2d9; --ins-fg: #0b5d1e; --del-fg: #a3141c; --hl: #fff3b0; --line: #d8d8d8; --muted: #666; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1a1a1a; background: #fafafa; }
-.banner { background: #b00020; color: #fff; font-weight: 700; font-size: 20px; padding: 10px 16px; letter-spacing: .02em; }
-.banner small { display: block; font-weight: 400; font-size: 14px; letter-spacing: 0; }
-header { padding: 12px 16px 4px; }
-h1 { font-size: 20px; margin: 0 0 4px; }
-.sub { color: var(--muted); margin: 0 0 8px; }
-table.summary { border-collapse: collapse; margin: 6px 0 8px; background: #fff; }
-table.summary th, table.summary td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; }
-table.summary th:first-child, table.summary td:first-child { text-align: left; }
-table.summary a { color: inherit; }
-.legend { color: #333; margin: 4px 0 0; }
-ins { background: var(--ins); color: var(--ins-fg); text-decoration: underline; }
-del { color: var(--del-fg); text-decoration: line-through; }
-.toolbar { position: sticky; top: 0; z-index: 5; background: #eef1f5; border-bottom: 1px solid #c9ced6; padding: 8px 16px; display: flex; flex-wrap: wrap; gap: 8px 14px; align-items: center; }
-.toolbar label { display: inline-flex; gap: 4px; align-items: center; }
-.toolbar input[type=search] { width: 16em; }
-.toolbar input[type=number] { width: 4.2em; }
-.toolbar select { max-width: 19em; }
-.toolbar .tag { background: #b00020; color: #fff; font-weight: 700; padding: 1px 6px; border-radius: 3px; }
-.pager { display: inline-flex; gap: 6px; align-items: center; }
-#rb-status { color: #333; font-weight: 600; }
-table.rows { border-collapse: collapse; width: 100%; background: #fff; table-layout: fixed; }
-table.rows > thead > tr > th { position: sticky; top: var(--bar, 48px); z-index: 4; background: #f4f4f4; text-align: left; border-bottom: 2px solid #bbb; padding: 4px 8px; font-weight: 600; }
-table.rows > thead > tr > th button { font: inherit; background: none; border: 0; padding: 0; cursor: pointer; text-decoration: underline dotted; }
-tr.row > td { border-bottom: 1px solid var(--line); vertical-align: top; padding: 8px; }
-tr.row { scroll-margin-top: 110px; }
-tr.row.hl > td, tr.row:target > td { background: var(--hl); }
-col.c-clip { width: 200px; } col.c-meta { width: 250px; }
-video, .noclip { width: 180px; height: auto; background: #222; display: block; border-radius: 3px; }
-.noclip { height: 120px; color: #777; background: #ececec !important; border: 1px dashed #bbb; display: flex; align-items: center; justify-content: center; font-size: 12px; padding: 6px; text-align: center; }
-.meta .id { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; word-break: break-all; }
-.meta a.perma { text-decoration: none; color: var(--muted); margin-right: 4px; }
-.meta dl { display: grid; grid-template-columns: auto 1fr; gap: 0 8px; margin: 6px 0 0; color: #333; }
-.meta dt { color: var(--muted); }
-.meta dd { margin: 0; }
-table.tr { border-collapse: collapse; width: 100%; table-layout: fixed; }
-table.tr th, table.tr td { padding: 2px 6px; vertical-align: top; text-align: left; }
-table.tr td.t { overflow-wrap: anywhere; }
-table.tr th { width: 200px; font-weight: 600; color: #333; }
-table.tr td.n { width: 52px; text-align: right; font-variant-numeric: tabular-nums; }
-table.tr td.k { width: 74px; }
-table.tr tr.ref td, table.tr tr.ref th { border-bottom: 1px dashed var(--line); padding-bottom: 4px; }
-table.tr tr.ref td.t { font-weight: 500; }
-.hdr { display: flex; } .hdr span { display: inline-block; }
-.cat { display: inline-block; min-width: 58px; text-align: center; border-radius: 3px; padding: 0 4px; font-size: 12px; font-weight: 600; }
-.cat.exact { background: #1e7b34; color: #fff; } .cat.close { background: #9bd3a5; }
-.cat.partial { background: #f5d58a; } .cat.wrong { background: #e8a0a0; }
-em { color: var(--muted); }
-footer { color: var(--muted); padding: 12px 16px 40px; }
-</style></head>
-<body>
-__BANNER__
-<header>
-<h1>__HEADING__</h1>
-<p class="sub">__SUBTITLE__</p>
-__SUMMARY__
-<p class="legend">In each translation, unmarked words match the reference; <ins>underlined green</ins> words are not in it and <del>struck-through red</del> words are reference words the system missed (case and punctuation ignored). BLEU and chrF are sentence scores (0–100). Category: __RULES__.</p>
-</header>
-<div class="toolbar" id="rb-bar">
-__TAG__
-<label>Find <input type="search" id="rb-q" placeholder="words, id, signer…"></label>
-<label>Signer <select id="rb-signer"><option value="">all</option></select></label>
-<label>Category <select id="rb-cat"><option value="">any</option></select></label>
-<label>Words <input type="number" id="rb-wmin" min="0" placeholder="from">–<input type="number" id="rb-wmax" min="0" placeholder="to"></label>
-<label>Sort <select id="rb-sort"></select></label>
-<button id="rb-dir" type="button" title="sort direction">ascending ↑</button>
-<button id="rb-reset" type="button">reset</button>
-<span id="rb-status"></span>
-<span class="pager"><button id="rb-prev" type="button">‹ prev</button><span id="rb-page"></span><button id="rb-next" type="button">next ›</button>
-<select id="rb-size" title="rows per page"><option>25</option><option selected>50</option><option>100</option><option>250</option></select></span>
-</div>
-<table class="rows"><colgroup><col class="c-clip"><col class="c-meta"><col></colgroup>
-<thead><tr><th>clip</th><th><button data-sort="id">sentence</button> · <button data-sort="signer">signer</button> · <button data-sort="words">words</button></th>
-<th><table class="tr"><tr><th>system</th><td>translation (diff against the reference)</td><td class="n">BLEU</td><td class="n">chrF</td><td class="k">category</td></tr></table></th></tr></thead>
-<tbody id="rb-rows"></tbody></table>
-<footer>__FOOTER__</footer>
-<script id="rb-data" type="application/json">__DATA__</script>
-<script>
-(function () {
-  "use strict";
-  var D = JSON.parse(document.getElementById("rb-data").textContent);
-  var S = D.systems, R = D.rows, CATS = D.categories;
-  var $ = function (id) { return document.getElementById("rb-" + id); };
-  var esc = function (s) { return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]; }); };
-  var rank = {}; CATS.forEach(function (c, i) { rank[c] = i; });
-  R.forEach(function (r, i) {
-    r.i = i;
-    r.hay = [r.id, r.signer, r.ref].concat(S.map(function (s) { return (r.sys[s.name] || {}).h || ""; })).join(" ").toLowerCase();
-  });
-  var view = R.slice(), page = 0, sortKey = "id", sortDir = 1;
+# %% ../nbs/13b_results.ipynb #677b0377
+def _category_notes(counts: dict[str, dict], cat_file: Path) -> list[str]:
+    """Notes for the page footer: `categories.json` (13_analysis) missing, or its counts differ from the scores'."""
+    notes = []
+    if cat_file.is_file():
+        stored = read_json(cat_file).get("counts", {})
+        stale = [s for s in counts if s in stored and {k: stored[s].get(k) for k in CATEGORIES}
+                 != {k: counts[s][k] for k in CATEGORIES}]
+        if stale:
+            notes.append(f"{cat_file}: category counts of {', '.join(stale)} differ from the scores (stale "
+                         "analysis, or other analysis thresholds) — the page shows the counts of the scores")
+    else:
+        notes.append(f"{cat_file}: missing — the page counts the categories itself (run the analysis stage)")
+    return notes
 
-  D.signers.forEach(function (g) { var o = document.createElement("option"); o.value = o.textContent = g; $("signer").appendChild(o); });
-  S.forEach(function (s) {
-    var og = document.createElement("optgroup"); og.label = s.label;
-    CATS.forEach(function (c) { var o = document.createElement("option"); o.value = s.name + ":" + c; o.textContent = s.label + ": " + c; og.appendChild(o); });
-    $("cat").appendChild(og);
-  });
-  var sorts = [["id", "sentence id"], ["signer", "signer"], ["words", "reference words"], ["frames", "clip frames"]];
-  S.forEach(function (s) { sorts.push(["s:" + s.name + ":b", s.label + ": BLEU"], ["s:" + s.name + ":c", s.label + ": chrF"], ["s:" + s.name + ":k", s.label + ": category"]); });
-  sorts.forEach(function (p) { var o = document.createElement("option"); o.value = p[0]; o.textContent = p[1]; $("sort").appendChild(o); });
+# %% ../nbs/13b_results.ipynb #5cbf5e45
+def _attach_clips(rows: list[dict], cfg: Config, out: Path, clips: dict[str, Path] | None, with_clips: bool,
+                  progress: bool) -> dict:
+    """Write the rows' web clips (unless `with_clips` is False) and add clip/poster/size or `noclip` to each row."""
+    clip_info = {"clips": {}, "failed": {}, "written": 0, "reused": 0}
+    if with_clips:
+        sources = clip_sources(cfg) if clips is None else dict(clips)
+        ids = {r["id"] for r in rows}
+        clip_info = write_web_clips({i: p for i, p in sources.items() if i in ids}, out / "clips",
+                                    cfg.sizes.crop_size, progress=progress)
+    for r in rows:
+        c = clip_info["clips"].get(r["id"])
+        if c:
+            r.update(clip=f"clips/{r['id']}.mp4", poster=f"clips/{r['id']}.jpg", w=c["width"], h=c["height"],
+                     secs=round(c["n_frames"] / c["settings"]["fps"], 2))
+        else:
+            r["noclip"] = "clip unreadable" if r["id"] in clip_info["failed"] else "no clip"
+    return clip_info
 
-  function key(r, k) {
-    if (k.slice(0, 2) !== "s:") return r[k];
-    var p = k.split(":"), x = r.sys[p[1]];
-    if (!x) return Infinity;
-    return p[2] === "k" ? rank[x.k] : x[p[2]];
-  }
-  function num(id) { var v = $(id).value; return v === "" ? null : +v; }
-  function apply(keepPage) {
-    var words = $("q").value.toLowerCase().split(/\s+/).filter(Boolean), sg = $("signer").value, cat = $("cat").value;
-    var cs = cat ? cat.split(":") : null, lo = num("wmin"), hi = num("wmax");
-    view = R.filter(function (r) {
-      if (sg && r.signer !== sg) return false;
-      if (cs && !(r.sys[cs[0]] && r.sys[cs[0]].k === cs[1])) return false;
-      if (lo !== null && r.words < lo) return false;
-      if (hi !== null && r.words > hi) return false;
-      for (var i = 0; i < words.length; i++) if (r.hay.indexOf(words[i]) < 0) return false;
-      return true;
-    });
-    view.sort(function (a, b) {
-      var x = key(a, sortKey), y = key(b, sortKey);
-      return x < y ? -sortDir : x > y ? sortDir : a.i - b.i;
-    });
-    if (!keepPage) page = 0;
-    render();
-  }
-  function rowHtml(r) {
-    var clip = r.clip
-      ? '<video src="' + esc(r.clip) + '" poster="' + esc(r.poster) + '" preload="none" controls muted loop playsinline width="' + r.w + '" height="' + r.h + '"></video>'
-      : '<div class="noclip">' + esc(r.noclip || "no clip") + "</div>";
-    var t = '<table class="tr"><tr class="ref"><th>reference</th><td class="t">' + esc(r.ref) + '</td><td class="n"></td><td class="n"></td><td class="k"></td></tr>';
-    S.forEach(function (s) {
-      var x = r.sys[s.name];
-      t += x ? "<tr><th>" + esc(s.label) + '</th><td class="t">' + x.d + '</td><td class="n">' + x.b.toFixed(1) + '</td><td class="n">' + x.c.toFixed(1) + '</td><td class="k"><span class="cat ' + x.k + '">' + x.k + "</span></td></tr>"
-             : "<tr><th>" + esc(s.label) + '</th><td class="t"><em>not translated</em></td><td></td><td></td><td></td></tr>';
-    });
-    var secs = r.secs != null ? r.secs.toFixed(1) + " s" : "–";
-    return '<tr class="row" id="' + esc(r.id) + '"><td class="clip">' + clip + '</td><td class="meta"><a class="perma" href="#' + esc(encodeURIComponent(r.id)) + '" title="link to this sentence">¶</a><span class="id">' + esc(r.id) + "</span>" +
-      "<dl><dt>signer</dt><dd>" + esc(r.signer) + "</dd><dt>words</dt><dd>" + r.words + "</dd><dt>frames</dt><dd>" + r.frames + "</dd><dt>clip</dt><dd>" + secs + "</dd></dl></td><td>" + t + "</table></td></tr>";
-  }
-  function render() {
-    var size = +$("size").value, n = view.length, pages = Math.max(1, Math.ceil(n / size));
-    page = Math.max(0, Math.min(page, pages - 1));
-    $("rows").innerHTML = view.slice(page * size, (page + 1) * size).map(rowHtml).join("");
-    $("status").textContent = (n ? (page * size + 1) + "–" + Math.min(n, (page + 1) * size) : "0") + " of " + n + (n < R.length ? " (filtered from " + R.length + ")" : "") + " sentences";
-    $("page").textContent = "page " + (page + 1) + " / " + pages;
-    $("prev").disabled = page === 0; $("next").disabled = page >= pages - 1;
-    $("dir").textContent = sortDir > 0 ? "ascending ↑" : "descending ↓";
-    $("sort").value = sortKey;
-  }
-  function reset() {
-    ["q", "wmin", "wmax"].forEach(function (k) { $(k).value = ""; });
-    $("signer").value = ""; $("cat").value = "";
-  }
-  function show(id) {
-    var i = view.findIndex(function (r) { return r.id === id; });
-    if (i < 0 && R.some(function (r) { return r.id === id; })) { reset(); apply(); i = view.findIndex(function (r) { return r.id === id; }); }
-    if (i < 0) { $("status").textContent = "no sentence " + id + " on this page"; return false; }
-    page = Math.floor(i / +$("size").value); render();
-    var el = document.getElementById(id);
-    document.querySelectorAll("tr.row.hl").forEach(function (e) { e.classList.remove("hl"); });
-    el.classList.add("hl"); el.scrollIntoView({block: "start"});
-    return true;
-  }
-  function fromHash() { if (location.hash.length > 1) show(decodeURIComponent(location.hash.slice(1))); }
-
-  ["q", "wmin", "wmax"].forEach(function (k) { $(k).addEventListener("input", function () { apply(); }); });
-  ["signer", "cat"].forEach(function (k) { $(k).addEventListener("change", function () { apply(); }); });
-  $("size").addEventListener("change", function () { page = 0; render(); });
-  $("sort").addEventListener("change", function () { sortKey = $("sort").value; apply(); });
-  $("dir").addEventListener("click", function () { sortDir = -sortDir; apply(); });
-  $("reset").addEventListener("click", function () { reset(); sortKey = "id"; sortDir = 1; apply(); });
-  $("prev").addEventListener("click", function () { page--; render(); window.scrollTo(0, 0); });
-  $("next").addEventListener("click", function () { page++; render(); window.scrollTo(0, 0); });
-  document.querySelectorAll("thead button[data-sort]").forEach(function (b) {
-    b.addEventListener("click", function () { var k = b.dataset.sort; sortDir = sortKey === k ? -sortDir : 1; sortKey = k; apply(); });
-  });
-  document.querySelectorAll("a[data-cat]").forEach(function (a) {
-    a.addEventListener("click", function (e) { e.preventDefault(); reset(); $("cat").value = a.dataset.cat; apply(); $("bar").scrollIntoView(); });
-  });
-  window.addEventListener("hashchange", fromHash);
-  var bar = $("bar"); document.documentElement.style.setProperty("--bar", bar.offsetHeight + "px");
-  window.addEventListener("resize", function () { document.documentElement.style.setProperty("--bar", bar.offsetHeight + "px"); });
-  apply();
-  fromHash();
-  window.resultsBrowser = {show: show, apply: apply, view: function () { return view; }};
-  document.documentElement.dataset.ready = performance.now().toFixed(1);
-})();
-</script>
-</body></html>
-"""
-
-# %% ../nbs/13b_results.ipynb #27d77e62
-def _json_for_script(obj) -> str:
-    """JSON safe inside <script>: no `</` or `<!--` can end or confuse the block."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\u0021--")
-
-# %% ../nbs/13b_results.ipynb #32e667db
-def _summary_table(systems: list[dict]) -> str:
-    """Per system: corpus BLEU-4 and chrF (12_evaluate) and category counts (13_analysis), counts linked to filters."""
-    head = "".join(f"<th>{c}</th>" for c in CATEGORIES)
-    lines = [f"<table class=\"summary\"><tr><th>system</th><th>sentences</th><th>corpus BLEU-4</th><th>corpus chrF</th>{head}</tr>"]
-    for s in systems:
-        fmt = lambda v: "–" if v is None else f"{v:.1f}"
-        cells = "".join(f'<td><a href="#" data-cat="{html.escape(s["name"])}:{c}">{s["counts"].get(c, 0)}</a></td>'
-                        for c in CATEGORIES)
-        lines.append(f"<tr><td>{html.escape(s['label'])}</td><td>{s['n']}</td><td>{fmt(s['bleu4'])}</td>"
-                     f"<td>{fmt(s['chrf'])}</td>{cells}</tr>")
-    return "\n".join(lines + ["</table>"])
-
-# %% ../nbs/13b_results.ipynb #5ebdaeaa
-def render_page(data: dict) -> str:
-    """The self-contained HTML page for `data` (see `build_results_page`: title, synthetic, systems, rows, …)."""
-    synthetic = data["synthetic"]
-    banner = ('<div class="banner" id="rb-synthetic">SYNTHETIC DATA — NOT HOW2SIGN'
-              f"<small>{html.escape(data['label'])}: rendered stand-in signers and sentences. The scores show "
-              "how the pipeline behaves, not how well ASL is translated.</small></div>") if synthetic else ""
-    parts = {
-        "__TITLE__": html.escape(data["title"]),
-        "__BANNER__": banner,
-        "__TAG__": '<span class="tag">SYNTHETIC</span>' if synthetic else "",
-        "__HEADING__": html.escape(data["title"]),
-        "__SUBTITLE__": html.escape(data["subtitle"]),
-        "__SUMMARY__": _summary_table(data["systems"]),
-        "__RULES__": html.escape(data["rules"]),
-        "__FOOTER__": html.escape(data["footer"]),
-        "__DATA__": _json_for_script({k: data[k] for k in ("systems", "categories", "signers", "rows")}),
-    }
-    return re.sub(r"__[A-Z]+__", lambda m: parts.get(m.group(0), m.group(0)), PAGE_TEMPLATE)   # one pass
+# %% ../nbs/13b_results.ipynb #4dd5d96f
+def _page_systems(evaluated: dict[str, dict], rows: list[dict]) -> list[dict]:
+    """Per system: label, sentences shown, corpus BLEU-4/chrF and category counts over the page's rows."""
+    return [{"name": s, "label": system_label(s), "n": sum(s in r["sys"] for r in rows),
+             "bleu4": v["evaluation"].get("scores", {}).get("bleu4"), "chrf": v["evaluation"].get("scores", {}).get("chrf"),
+             "counts": {k: sum(r["sys"].get(s, {}).get("k") == k for r in rows) for k in CATEGORIES}}
+            for s, v in evaluated.items()]
 
 # %% ../nbs/13b_results.ipynb #f5f3ff8f
 def build_results_page(cfg: Config,
@@ -452,35 +256,11 @@ def build_results_page(cfg: Config,
                          f"be target or all, got {cfg.evaluate.domain!r}")
     counts = category_counts(evaluated, cfg.analysis)
     cat_file = analysis_dir / "categories.json"
-    notes = []
-    if cat_file.is_file():
-        stored = read_json(cat_file).get("counts", {})
-        stale = [s for s in counts if s in stored and {k: stored[s].get(k) for k in CATEGORIES}
-                 != {k: counts[s][k] for k in CATEGORIES}]
-        if stale:
-            notes.append(f"{cat_file}: category counts of {', '.join(stale)} differ from the scores (stale "
-                         "analysis, or other analysis thresholds) — the page shows the counts of the scores")
-    else:
-        notes.append(f"{cat_file}: missing — the page counts the categories itself (run the analysis stage)")
+    notes = _category_notes(counts, cat_file)
 
-    clip_info = {"clips": {}, "failed": {}, "written": 0, "reused": 0}
-    if with_clips:
-        sources = clip_sources(cfg) if clips is None else dict(clips)
-        ids = {r["id"] for r in rows}
-        clip_info = write_web_clips({i: p for i, p in sources.items() if i in ids}, out / "clips",
-                                    cfg.sizes.crop_size, progress=progress)
-    for r in rows:
-        c = clip_info["clips"].get(r["id"])
-        if c:
-            r.update(clip=f"clips/{r['id']}.mp4", poster=f"clips/{r['id']}.jpg", w=c["width"], h=c["height"],
-                     secs=round(c["n_frames"] / c["settings"]["fps"], 2))
-        else:
-            r["noclip"] = "clip unreadable" if r["id"] in clip_info["failed"] else "no clip"
+    clip_info = _attach_clips(rows, cfg, out, clips, with_clips, progress)
 
-    systems = [{"name": s, "label": system_label(s), "n": sum(s in r["sys"] for r in rows),
-                "bleu4": v["evaluation"].get("scores", {}).get("bleu4"), "chrf": v["evaluation"].get("scores", {}).get("chrf"),
-                "counts": {k: sum(r["sys"].get(s, {}).get("k") == k for r in rows) for k in CATEGORIES}}
-               for s, v in evaluated.items()]
+    systems = _page_systems(evaluated, rows)
     a = cfg.analysis
     label = dataset_label(synthetic)
     data = {

@@ -17,7 +17,7 @@ from .config import Config, load_config
 from .config_sections import EvaluateConfig
 from .evaluate import dataset_label, evaluate_predictions, system_label
 from .io import TIMINGS_DIR, atomic_write, read_json, read_tsv, timings_file, write_json
-from .metrics import BOOTSTRAP_METRICS, paired_bootstrap, paired_bootstrap_diffs
+from .bootstrap import BOOTSTRAP_METRICS, paired_bootstrap, paired_bootstrap_diffs
 
 # %% auto #0
 __all__ = ['SEED_SYSTEMS', 'FIXED_SYSTEMS', 'SEED_COMPARISONS', 'TABLE_METRICS', 'SEEDS_METHOD', 'combine_runs', 'seed_paths',

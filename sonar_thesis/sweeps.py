@@ -14,9 +14,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .config import Config, ConfigError, FiguresConfig, deep_merge, from_dict, read_yaml, yaml12
-from .figures import (figure_label, figure_title, latex_escape, new_figure, save_figure, system_color,
-                                  validate_latex_table)
+from .config import Config, deep_merge, read_yaml, yaml12
+from .config_checks import ConfigError, from_dict
+from .config_sections import FiguresConfig
+from .figures import figure_title, new_figure, save_figure, system_color
+from .tables import figure_label, latex_escape, validate_latex_table
 from .io import atomic_write, read_json, write_json
 
 # %% auto #0

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sonar_thesis import evaluate as E
 from sonar_thesis import figures as F
+from sonar_thesis import tables as T
 from sonar_thesis.analysis import CATEGORIES, AnalysisConfig, analyse
 from sonar_thesis.config_checks import ConfigError
 from sonar_thesis.io import read_json, read_tsv, write_tsv
@@ -170,17 +171,17 @@ def test_latex_table_valid_with_published_rows(synthetic_run):
     root = synthetic_run["root"]
     tex = (root / "figures" / "results_table.tex").read_text()
     md = (root / "figures" / "results_table.md").read_text()
-    assert F.validate_latex_table(tex) == []
+    assert T.validate_latex_table(tex) == []
     chk = synthetic_run["made"]["latex_check"]
     assert chk["problems"] == [] and (chk["compiled"] is None or chk["compiled"])
     assert "\\toprule" in tex and "\\bottomrule" in tex and tex.count("\\begin{") == tex.count("\\end{")
     assert "SSVP-SLT best \\cite{rust2024ssvpslt} & YouTube-ASL + How2Sign & 43.2 & 15.5 & 38.4 & 49.6" in tex
     assert "| SSVP-SLT best (ACL 2024) | YouTube-ASL + How2Sign | 43.2 | 15.5 | 38.4 | 49.6 |" in md
-    pub = {r["system"]: r for r in F.PUBLISHED_HOW2SIGN}
+    pub = {r["system"]: r for r in T.PUBLISHED_HOW2SIGN}
     assert pub["SSVP-SLT best"]["bleu4"] == 15.5 and pub["SSVP-SLT best"]["rougeL"] == 38.4
     assert pub["SHuBERT"]["bleu4"] == 16.2 and pub["SignRAG"]["bleu4"] == 16.7 and pub["GloFE-VN"]["bleu4"] == 2.2
-    assert max(r["bleu4"] for r in F.PUBLISHED_HOW2SIGN) < 20                  # never the "30-40 BLEU-4" myth
-    assert all(r["cite"] and r["venue"] for r in F.PUBLISHED_HOW2SIGN) and len(F.PUBLISHED_HOW2SIGN) == 10
+    assert max(r["bleu4"] for r in T.PUBLISHED_HOW2SIGN) < 20                  # never the "30-40 BLEU-4" myth
+    assert all(r["cite"] and r["venue"] for r in T.PUBLISHED_HOW2SIGN) and len(T.PUBLISHED_HOW2SIGN) == 10
     # our synthetic rows live in their own, labelled section after the published ones
     for text, dash in ((tex, "---"), (md, "—")):
         head = text.index(f"This repository {dash} SYNTHETIC stand-in corpus, not How2Sign {dash} not comparable")
@@ -193,15 +194,15 @@ def test_latex_table_valid_with_published_rows(synthetic_run):
 
 
 def test_latex_checker_catches_breakage():
-    good = F.results_table_latex({})
-    assert F.validate_latex_table(good) == []
-    assert any("cells" in p for p in F.validate_latex_table(good.replace("31.7 & --", "31.7 & -- & 1")))
-    assert any("braces" in p for p in F.validate_latex_table(good.replace("\\textit{Published", "\\textit{{Published")))
-    assert any("\\hline" in p for p in F.validate_latex_table(good.replace("\\midrule", "\\hline")))
-    assert any("unescaped '%'" in p for p in F.validate_latex_table(good.replace("95\\%", "95%")))
-    assert any("non-ASCII" in p for p in F.validate_latex_table(good + "–"))
-    assert any("end{tabular}" in p or "not closed" in p for p in F.validate_latex_table(good.replace("\\end{tabular}", "")))
-    assert F.latex_escape("a_b & 50% #1 ~x") == r"a\_b \& 50\% \#1 \textasciitilde{}x"
+    good = T.results_table_latex({})
+    assert T.validate_latex_table(good) == []
+    assert any("cells" in p for p in T.validate_latex_table(good.replace("31.7 & --", "31.7 & -- & 1")))
+    assert any("braces" in p for p in T.validate_latex_table(good.replace("\\textit{Published", "\\textit{{Published")))
+    assert any("\\hline" in p for p in T.validate_latex_table(good.replace("\\midrule", "\\hline")))
+    assert any("unescaped '%'" in p for p in T.validate_latex_table(good.replace("95\\%", "95%")))
+    assert any("non-ASCII" in p for p in T.validate_latex_table(good + "–"))
+    assert any("end{tabular}" in p or "not closed" in p for p in T.validate_latex_table(good.replace("\\end{tabular}", "")))
+    assert T.latex_escape("a_b & 50% #1 ~x") == r"a\_b \& 50\% \#1 \textasciitilde{}x"
 
 
 def test_how2sign_results_are_not_labelled_synthetic(tmp_path):
@@ -210,7 +211,7 @@ def test_how2sign_results_are_not_labelled_synthetic(tmp_path):
     for name in FIGURES:
         assert "synthetic" not in Image.open(tmp_path / "figures" / f"{name}.png").text["Title"].lower()
     tex = (tmp_path / "figures" / "results_table.tex").read_text()
-    assert F.validate_latex_table(tex) == [] and "SYNTHETIC" not in tex
+    assert T.validate_latex_table(tex) == [] and "SYNTHETIC" not in tex
     assert f"measured here on the How2Sign test set (n = {N})" in tex
     # synthetic results can't be drawn under a how2sign params.yaml, nor mixed with real ones
     with pytest.raises(ValueError, match="dataset: synthetic"):

@@ -18,11 +18,12 @@ from sonar_thesis.data import prepare
 from sonar_thesis.evaluate import EvaluateConfig, evaluate_predictions
 from sonar_thesis.extract import extract_manifest, load_features
 from sonar_thesis.io import read_json, read_tsv, write_tsv
-from sonar_thesis.landmarks import (LANDMARK_PRESETS, LandmarkProducer, build_landmark_model, count_parameters,
-                                    extract_landmarks, first_frame, groundtruth_clip, groundtruth_index, holistic_landmarks,
-                                    landmark_dim, landmark_names, load_landmark_model, normalize_landmarks,
-                                    panned_photo, predict_landmarks, save_landmark_model, skdata_astronaut,
-                                    t5_parameter_count, train_landmarks, unflatten, write_photo_clips)
+from sonar_thesis.landmark_model import (LANDMARK_PRESETS, build_landmark_model, count_parameters, load_landmark_model,
+                                         save_landmark_model, t5_parameter_count)
+from sonar_thesis.landmarks import (LandmarkProducer, extract_landmarks, first_frame, groundtruth_clip, groundtruth_index,
+                                    holistic_landmarks, landmark_dim, landmark_names, normalize_landmarks,
+                                    panned_photo, predict_landmarks, skdata_astronaut, train_landmarks, unflatten,
+                                    write_photo_clips)
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.synth import generate_corpus
 from sonar_thesis.video import iter_frames, write_video

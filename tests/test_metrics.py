@@ -17,6 +17,7 @@ import pytest
 import sacrebleu
 from sacrebleu.metrics import BLEU
 
+from sonar_thesis import bootstrap as B
 from sonar_thesis import metrics as M
 
 needs_java = pytest.mark.skipif(M.java_path() is None, reason="no java on PATH")
@@ -262,11 +263,11 @@ def test_input_errors():
     with pytest.raises(TypeError):
         M.corpus_scores([None], ["a"])
     with pytest.raises(ValueError, match="empty"):
-        M.bootstrap_ci([], [])
+        B.bootstrap_ci([], [])
     with pytest.raises(ValueError, match="mismatch"):
-        M.paired_bootstrap(["a"], ["a", "b"], ["a"])
+        B.paired_bootstrap(["a"], ["a", "b"], ["a"])
     with pytest.raises(ValueError, match="bootstrap supports"):
-        M.bootstrap_ci(["a"], ["a"], metric="meteor")
+        B.bootstrap_ci(["a"], ["a"], metric="meteor")
 
 
 def test_empty_hypotheses_score_zero():
@@ -300,14 +301,14 @@ def systems():
 def test_bootstrap_ci_contains_point_estimate_and_is_fast(systems):
     refs, a, _ = systems
     t = time.perf_counter()
-    ci = M.bootstrap_ci(a, refs, "bleu4", n_samples=1000, seed=0)
+    ci = B.bootstrap_ci(a, refs, "bleu4", n_samples=1000, seed=0)
     elapsed = time.perf_counter() - t
     assert ci.low <= ci.score <= ci.high and ci.std > 0
     assert ci.score == pytest.approx(sacrebleu.corpus_bleu(a, [refs]).score, abs=1e-9)
     assert elapsed < 5, f"1000 resamples over {len(refs)} segments took {elapsed:.2f}s"
-    assert M.bootstrap_ci(a, refs, "bleu4", n_samples=1000, seed=0) == ci          # reproducible
+    assert B.bootstrap_ci(a, refs, "bleu4", n_samples=1000, seed=0) == ci          # reproducible
     for m in ("bleu1", "chrf", "rougeL"):
-        c = M.bootstrap_ci(a, refs, m, n_samples=300)
+        c = B.bootstrap_ci(a, refs, m, n_samples=300)
         assert c.low <= c.score <= c.high
 
 
@@ -315,7 +316,7 @@ def test_bootstrap_resample_is_a_real_resample():
     # each resample row holds N draws; a resample's BLEU equals sacrebleu on the resampled corpus
     hyps, refs = random_corpus(np.random.default_rng(3), 30)
     S = M.bleu_stats(hyps, refs)
-    W = next(M._resample_counts(len(hyps), 3, seed=5))
+    W = next(B._resample_counts(len(hyps), 3, seed=5))
     assert W.shape == (3, 30) and (W.sum(1) == 30).all()
     idx = np.repeat(np.arange(30), W[0].astype(int))
     ref = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
@@ -325,14 +326,14 @@ def test_bootstrap_resample_is_a_real_resample():
 def test_paired_bootstrap(systems):
     refs, a, b = systems
     t = time.perf_counter()
-    res = M.paired_bootstrap(a, b, refs, "bleu4", n_samples=1000, seed=0)
+    res = B.paired_bootstrap(a, b, refs, "bleu4", n_samples=1000, seed=0)
     elapsed = time.perf_counter() - t
     assert elapsed < 5
     d, ci, p = res                                            # unpacks as (mean diff, CI, p-value)
     assert d > 0 and ci[0] > 0 and p < 0.01
-    assert M.paired_bootstrap(b, a, refs, "bleu4", n_samples=200).p_value < 0.01   # worse system first
-    same = M.paired_bootstrap(a, a, refs, "bleu4", n_samples=200)
+    assert B.paired_bootstrap(b, a, refs, "bleu4", n_samples=200).p_value < 0.01   # worse system first
+    same = B.paired_bootstrap(a, a, refs, "bleu4", n_samples=200)
     assert same.mean_diff == 0 and same.ci == (0.0, 0.0) and same.p_value == 1.0
     # nearly identical systems: no significant difference
     a2 = list(a); a2[0] = b[0]
-    assert M.paired_bootstrap(a, a2, refs, "chrf", n_samples=200).p_value > 0.05
+    assert B.paired_bootstrap(a, a2, refs, "chrf", n_samples=200).p_value > 0.05

@@ -13,7 +13,7 @@ from sonar_thesis.config import Config
 from sonar_thesis.config_sections import EvaluateConfig
 from sonar_thesis.evaluate import evaluate_predictions, make_fake_predictions
 from sonar_thesis.io import write_json, write_tsv
-from sonar_thesis.metrics import bootstrap_ci, paired_bootstrap, paired_bootstrap_diffs
+from sonar_thesis.bootstrap import bootstrap_ci, paired_bootstrap, paired_bootstrap_diffs
 
 Z = NormalDist().inv_cdf(0.975)
 ECFG = EvaluateConfig(metrics=["bleu4", "chrf"], bootstrap_samples=100)
