@@ -269,14 +269,14 @@ def seed_sd(summary_path: str | Path, systems=SWEEP_SYSTEMS, metric: str = "bleu
 
 # %% ../nbs/13d_sweeps.ipynb #abe5ac70
 def _label(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return str(v)                       # as written in params.yaml: 1.0, 0.0003
 
 # %% ../nbs/13d_sweeps.ipynb #c717ba59
 def plot_sweep(result: dict, metric: str = "bleu4", cfg: FiguresConfig | None = None):
     """One point per setting and system with its 95 % bootstrap CI; the default setting marked."""
     cfg = cfg or FiguresConfig()
     pts, systems = result["points"], result["systems"]
-    fig, ax = new_figure(cfg, "single", 2.6)
+    fig, ax = new_figure(cfg, "double", 2.6)
     x = np.arange(len(pts))
     for i, s in enumerate(systems):
         dx = (i - (len(systems) - 1) / 2) * 0.08
@@ -289,12 +289,11 @@ def plot_sweep(result: dict, metric: str = "bleu4", cfg: FiguresConfig | None = 
                       for p in pts])
     ax.set_xlabel(result["param"])
     ax.set_ylabel({"bleu4": "BLEU-4", "chrf": "chrF"}.get(metric, metric))
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", lw=0.3, alpha=0.5)
     n = next(iter(pts[0]["scores"].values()))["n"] if pts else None
-    fig.suptitle(figure_title(f"{result['param']} sweep: 95% bootstrap CIs, one training seed per point",
+    fig.suptitle(figure_title(f"{result['param']} sweep (95% bootstrap CIs; one training seed per point)",
                               bool(result["synthetic"]), n))
-    fig.tight_layout()
     return fig
 
 # %% ../nbs/13d_sweeps.ipynb #790c7333
@@ -308,9 +307,11 @@ def sweep_note(result: dict) -> str:
             else "How2Sign test set")
     parts = [f"{data}. BLEU-4 and chrF with 95% bootstrap CIs over the test sentences; one training seed per "
              f"setting; every other parameter as in params.yaml (default {result['param']} = {result['default']})."]
-    for s, v in (result.get("seed_sd") or {}).items():
-        parts.append(f"Across {v['n_seeds']} training seeds at the default setting, {figure_label(s)} BLEU-4 has "
-                     f"sd {v['sd']:.1f} (13c_seeds): differences below it are within seed noise.")
+    if sds := result.get("seed_sd"):
+        k = max(v["n_seeds"] for v in sds.values())
+        parts.append(f"Across {k} training seeds at the default setting, the BLEU-4 sd is "
+                     + ", ".join(f"{v['sd']:.1f} ({figure_label(s)})" for s, v in sds.items())
+                     + " (13c_seeds): differences smaller than that are within seed noise.")
     if result.get("seconds"):
         parts.append(f"The sweep took {result['seconds'] / 60:.0f} min ({len(result['points'])} experiments).")
     if result.get("failed"):
