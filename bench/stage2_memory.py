@@ -86,7 +86,7 @@ def child(spec: dict) -> dict:
     from sonar_thesis.sonar_encoder import sonar_asl_encoder
     from sonar_thesis.sonar_text_decoder import sonar_text_decoder_basic
     from sonar_thesis.train_setup import autocast_context, make_optimizer, resolve_precision, set_gradient_checkpointing
-    from sonar_thesis.translate import collate_features
+    from sonar_thesis.datasets import collate_features
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])

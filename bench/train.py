@@ -22,7 +22,7 @@ from sonar_thesis.config_sections import PRESETS
 from sonar_thesis.finetune import stage1_model, stage2_model
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import PAD_ID, pad_batch
-from sonar_thesis.translate import Pretrained, build_translator
+from sonar_thesis.assemble import Pretrained, build_translator
 
 
 class _FakeTokenizer:

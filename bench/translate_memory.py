@@ -64,8 +64,10 @@ def child(a: argparse.Namespace) -> None:
     """One measurement in this (fresh) process → one JSON line on stdout."""
     import torch
     from sonar_thesis.config import Config, load_config
-    from sonar_thesis.translate import (Pretrained, build_translator, clip_windows, load_pretrained, merge_windows,
-                                        normalize_windows, translate_video)
+    from sonar_thesis.assemble import Pretrained, build_translator, load_pretrained
+    from sonar_thesis.datasets import clip_windows, normalize_windows
+    from sonar_thesis.extract import merge_windows
+    from sonar_thesis.translate import translate_video
     from sonar_thesis.signhiera import build_signhiera
     from sonar_thesis.video import find_signer_box
     dev = torch.device(a.device)

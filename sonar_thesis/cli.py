@@ -191,7 +191,8 @@ def translate(
 ):
     """Translate sign-language videos into sentences (SignHiera → SONAR ASL encoder → SONAR text decoder); the models load once."""
     from sonar_thesis.io import write_tsv
-    from sonar_thesis.translate import TIMING_COLUMNS, load_pretrained, translate_video
+    from sonar_thesis.assemble import load_pretrained
+    from sonar_thesis.translate import TIMING_COLUMNS, translate_video
     from sonar_thesis.extract import resolve_device
     cfg = config_from(params)
     if lang:
@@ -274,7 +275,7 @@ def finetune(
         inputs = stage_inputs(cfg, "stage2", stage1_dir=stage1_checkpoint.parent if stage1_checkpoint else None)
         if stage1_checkpoint is not None:
             from sonar_thesis.extract import build_extractor, extract_manifest
-            from sonar_thesis.translate import crops_manifest
+            from sonar_thesis.datasets import crops_manifest
             model = build_extractor(cfg.preset, stage1_checkpoint)
             for split in ("train", "val"):
                 extract_manifest(crops_manifest(cfg, "target", split), model,
@@ -296,7 +297,8 @@ def evaluate(
 ):
     """Translate a test split (beam 5, per-component latency) and score it: BLEU-1..4, chrF, ROUGE-L, METEOR, CIDEr."""
     from sonar_thesis.evaluate import evaluate_predictions
-    from sonar_thesis.translate import load_pretrained, translate_manifest
+    from sonar_thesis.assemble import load_pretrained
+    from sonar_thesis.translate import translate_manifest
     from sonar_thesis.extract import resolve_device
     cfg = config_from(params)
     dev = resolve_device(cfg.hardware.device)
@@ -327,7 +329,8 @@ def generate_translations(
     """Sample clips and write zero-shot vs fine-tuned translations side by side (JSON) for qualitative analysis."""
     import random
     from sonar_thesis.io import read_tsv, write_json
-    from sonar_thesis.translate import load_pretrained, translate_video
+    from sonar_thesis.assemble import load_pretrained
+    from sonar_thesis.translate import translate_video
     from sonar_thesis.extract import resolve_device
     from sonar_thesis.video import resolve_video_path
     cfg = config_from(params)

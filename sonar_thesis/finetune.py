@@ -18,9 +18,11 @@ from .extract import resolve_device
 from .train_setup import setup_distributed
 from .train_state import inputs_fingerprint
 from .trainer import fit_best
-from .translate import (ClipDataset, FeatureDataset, FeatureModel, FrozenEval, SignStack, attach_teacher,
-                                    bleu_validator, collate_clips, collate_features, crops_manifest, freeze,
-                                    load_pretrained, translate_manifests)
+from .assemble import load_pretrained
+from .datasets import (ClipDataset, FeatureDataset, attach_teacher, collate_clips, collate_features,
+                                   crops_manifest)
+from .objectives import FeatureModel, FrozenEval, SignStack, bleu_validator, freeze
+from .translate import translate_manifests
 
 # %% auto #0
 __all__ = ['PUBLISHED_NAMES', 'SYSTEMS', 'ABLATION_DIR', 'FEATURES_DIRS', 'Stage1Stack', 'Stage2Model', 'stage1_model',

@@ -25,7 +25,8 @@ from .sonar import SonarTokenizer
 from .synth_render import POSE_NAMES
 from .train_state import inputs_fingerprint
 from .trainer import fit_best
-from .translate import FeatureDataset, bleu_validator, collate_features
+from .datasets import FeatureDataset, collate_features
+from .objectives import bleu_validator
 from .video import VideoError, iter_frames, probe_video, resample_indices
 
 # %% auto #0

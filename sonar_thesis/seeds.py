@@ -74,7 +74,8 @@ def predict_seed(cfg: Config, system: str, model_dir: str | Path, out_dir: str |
     """Translate the target test split with `system`'s SignHiera and the encoder/decoder in `model_dir`."""
     from sonar_thesis.extract import resolve_device
     from sonar_thesis.finetune import stage_files, system_paths
-    from sonar_thesis.translate import load_pretrained, translate_manifests
+    from sonar_thesis.assemble import load_pretrained
+    from sonar_thesis.translate import translate_manifests
     device = resolve_device(cfg.hardware.device)
     signhiera = system_paths(cfg, system)[0]             # stage 1's (stage2) or the pretrained one (ablation)
     files = stage_files(model_dir)

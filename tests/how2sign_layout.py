@@ -176,7 +176,7 @@ def write_published_checkpoints(out_dir: str | Path, preset: str = "small", text
     from sonar_thesis.checkpoints import published_state_dict
     from sonar_thesis.signhiera import build_signhiera
     from sonar_thesis.sonar import SonarTokenizer
-    from sonar_thesis.translate import build_text_encoder, build_translator
+    from sonar_thesis.assemble import build_text_encoder, build_translator
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

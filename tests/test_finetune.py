@@ -14,9 +14,9 @@ from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.trainer import train
-from sonar_thesis.translate import (ClipDataset, FeatureList, FeatureModel, Pretrained, _text_encoder_path,
-                                    attach_teacher, build_text_encoder, build_translator, collate_clips,
-                                    collate_features, embedding_distance)
+from sonar_thesis.assemble import Pretrained, _text_encoder_path, build_text_encoder, build_translator
+from sonar_thesis.datasets import ClipDataset, FeatureList, attach_teacher, collate_clips, collate_features
+from sonar_thesis.objectives import FeatureModel, embedding_distance
 from sonar_thesis.video import write_video
 
 

@@ -20,7 +20,8 @@ from sonar_thesis.config import apply_overlay, load_config
 from sonar_thesis.data import prepare
 from sonar_thesis.extract import build_extractor, extract_manifest, load_features
 from sonar_thesis.io import read_json, read_tsv
-from sonar_thesis.translate import load_pretrained, translate_manifests
+from sonar_thesis.assemble import load_pretrained
+from sonar_thesis.translate import translate_manifests
 from sonar_thesis.video import preprocess_manifest, probe_video, resolve_video_path
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ from sonar_thesis.io import MANIFEST_COLUMNS, write_tsv
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.synth import META_COLUMNS
-from sonar_thesis.translate import ClipDataset, SignRecognizer, clip_units, collate_clips, sign_spans
+from sonar_thesis.datasets import ClipDataset, clip_units, collate_clips
+from sonar_thesis.pretrain import SignRecognizer, sign_spans
 from sonar_thesis.video import write_video
 
 

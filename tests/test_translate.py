@@ -12,8 +12,9 @@ from sonar_thesis.config_sections import PRESETS, DataConfig
 from sonar_thesis.extract import merge_windows
 from sonar_thesis.signhiera import build_signhiera
 from sonar_thesis.sonar import SonarTokenizer, langs_path
-from sonar_thesis.translate import (check_tokenizer_fits, clip_windows, decoder_vocab_rows, load_pretrained,
-                                    normalize_windows, stream_features)
+from sonar_thesis.assemble import check_tokenizer_fits, decoder_vocab_rows, load_pretrained
+from sonar_thesis.datasets import clip_windows, normalize_windows
+from sonar_thesis.translate import stream_features
 from sonar_thesis.video import write_video
 
 
