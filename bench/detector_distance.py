@@ -51,10 +51,11 @@ sys.path.insert(0, str(ROOT / "tests"))   # how2sign_layout: the How2Sign-layout
 from sonar_thesis.config_sections import PRESETS, PreprocessConfig, Preset
 from sonar_thesis.extract import build_extractor, merge_windows, normalize_batch
 from sonar_thesis.io import read_tsv
-from sonar_thesis.video import (
-    CROP_X264_PRESET, H264Writer, _select_frames, crop_frame, find_signer_box, get_detector, probe_video, reference_pad_mask, reference_windows,
-    resample_indices, window_spans,
-)
+from sonar_thesis.crop import crop_frame, get_detector
+from sonar_thesis.video_probe import probe_video
+from sonar_thesis.signer_box import find_signer_box
+from sonar_thesis.video_io import (CROP_X264_PRESET, H264Writer, reference_pad_mask, reference_windows,
+                                   resample_indices, _select_frames, window_spans)
 
 
 def probe(path: Path) -> tuple[int, float, tuple[int, int]]:

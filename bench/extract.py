@@ -38,14 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sonar_thesis.config import PRESETS, Preset
-from sonar_thesis.extract import (
-    autocast_dtype, extract_manifest, load_features, merge_windows, normalize_batch, resolve_device, save_features,
-    write_test_clip,
-)
+from sonar_thesis.config_sections import PRESETS, Preset
+from sonar_thesis.extract import autocast_dtype, extract_manifest, merge_windows, normalize_batch, resolve_device
+from sonar_thesis.extract_loader import write_test_clip
+from sonar_thesis.extract_store import load_features, save_features
 from sonar_thesis.io import read_tsv, write_tsv
 from sonar_thesis.signhiera import build_signhiera
-from sonar_thesis.video import iter_windows
+from sonar_thesis.video_io import iter_windows
 
 DEFAULT_PEAK_TFLOPS = 989.0   # H100 SXM / H200, dense BF16
 

@@ -33,7 +33,7 @@ def build(root: Path, rows: int, sources: int, clip_size: int, clip_frames: int)
     from sonar_thesis.config import Config
     from sonar_thesis.config_sections import DataConfig, PreprocessConfig
     from sonar_thesis.evaluate import EvaluateConfig, evaluate_all, make_fake_predictions
-    from sonar_thesis.extract import write_test_clip
+    from sonar_thesis.extract_loader import write_test_clip
     from sonar_thesis.io import read_tsv, write_tsv
     from sonar_thesis.results import build_results_page
 

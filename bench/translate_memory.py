@@ -38,7 +38,7 @@ SHORT_S, LONG_S = 10, 600
 
 def write_clip(path: Path, seconds: float, size: tuple[int, int], fps: int = 25) -> Path:
     """A full-frame clip of `seconds` with three moving colour blobs (50 distinct frames, cycled)."""
-    from sonar_thesis.video import write_video
+    from sonar_thesis.video_io import write_video
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     def frame(i: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def child(a: argparse.Namespace) -> None:
     from sonar_thesis.extract import merge_windows
     from sonar_thesis.translate import translate_video
     from sonar_thesis.signhiera import build_signhiera
-    from sonar_thesis.video import find_signer_box
+    from sonar_thesis.signer_box import find_signer_box
     dev = torch.device(a.device)
     t0 = time.perf_counter()
     if a.params:

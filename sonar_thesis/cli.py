@@ -150,7 +150,7 @@ def _keys_of(ckpt) -> list[str]:
 def _check_video(path: Path) -> None:
     """Fail with one clear line on a missing or undecodable file, before native decoders print their own noise
     (the project's one reading rule, `probe_video`: decord, else PyAV)."""
-    from sonar_thesis.video import probe_video
+    from sonar_thesis.video_probe import probe_video
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file")
     probe_video(path)

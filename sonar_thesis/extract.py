@@ -9,67 +9,29 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import re
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+from typing import Literal, Sequence
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
-from .config import PRESETS, PreprocessConfig, Preset, load_config
-from .io import (atomic_path, read_json, read_tsv, remove_other_outputs, save_torch, sha256sum, write_json,
-                             write_tsv)
-from .video import VideoError, crop_frame, find_signer_box, iter_windows, resolve_video_path, write_video
+from .config import load_config
+from .config_sections import PRESETS, PreprocessConfig, Preset
+from .extract_loader import ProducerDataset, VideoProducer, WindowDataset
+from .extract_store import LENGTHS_COLUMNS, ClipWriter, _jsonable, merge_shards, model_fingerprint
+from .io import read_tsv, remove_other_outputs, write_json   # the last two: the stage cells below
+from .progress_memory import (WindowCost, available_memory, choose_batch_size, measure_peak,  # WindowCost:
+                                          progress_bar)                                                   # what measure_peak returns
+from .video import resolve_video_path
 
 # %% auto #0
-__all__ = ['FEATURE_SUFFIX', 'LENGTHS_COLUMNS', 'OverlapPolicy', 'INFO_SUFFIX', 'save_features', 'load_features', 'merge_windows',
-           'ExtractFailure', 'WindowDataset', 'write_test_clip', 'write_zero_frame_clip', 'write_test_manifest',
-           'shard_info', 'resolve_device', 'autocast_dtype', 'model_fingerprint', 'merge_shards', 'VideoProducer',
-           'ProducerDataset', 'LogProgress', 'progress_bar', 'WindowCost', 'measure_peak', 'available_memory',
-           'choose_batch_size', 'normalize_batch', 'auto_batch_size', 'extract_manifest', 'build_extractor', 'main']
-
-# %% ../nbs/07_extract.ipynb #8e566471
-FEATURE_SUFFIX = ".pt"
-LENGTHS_COLUMNS = ("id", "n_features", "path", "translation")   # + the manifest's other columns
-
-
-def save_features(features: torch.Tensor,  # [N, C]
-                  path: str | Path) -> Path:
-    """Write one video's features as a plain float32 tensor, atomically (temp file + rename)."""
-    t = features.detach().to("cpu", torch.float32).contiguous()
-    if t.ndim != 2:
-        raise ValueError(f"{path}: features must be [N, C], got {tuple(t.shape)}")
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        t = t.clone()                                         # do not save a view's whole storage
-    return save_torch(t, path)
-
-# %% ../nbs/07_extract.ipynb #6fae1e6b
-def load_features(path: str | Path,         # an `{id}.pt` written by `extract_manifest`
-                  mmap: bool = False,       # memory-map instead of reading (cheap shape look-ups)
-                  ) -> torch.Tensor:        # [N, C] float32
-    """Load one video's SignHiera features (`weights_only=True`); a bad file names itself and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such feature file — run the extract stage first")
-    try:
-        t = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable feature file ({type(e).__name__}: {e}) — delete it and rerun "
-                         "the extract stage (it redoes missing files)") from None
-    if not isinstance(t, torch.Tensor) or t.ndim != 2:
-        what = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{path}: expected a feature tensor [N, C], got {what} — delete it and re-extract")
-    return t
+__all__ = ['OverlapPolicy', 'merge_windows', 'shard_info', 'resolve_device', 'autocast_dtype', 'normalize_batch',
+           'auto_batch_size', 'extract_manifest', 'build_extractor', 'main']
 
 # %% ../nbs/07_extract.ipynb #1e5ae271
 OverlapPolicy = Literal["concat", "trim"]
@@ -93,189 +55,6 @@ def merge_windows(windows: Sequence[torch.Tensor],   # per window [U_i, C], padd
     last = len(windows) - 1
     keep = [w[(cut if k else 0): (len(w) if k == last else stride_units + cut)] for k, w in enumerate(windows)]
     return torch.cat(keep, dim=0)
-
-# %% ../nbs/07_extract.ipynb #2adbf9ba
-class ExtractFailure(Exception):
-    """A video that cannot be extracted (a counted, reported skip)."""
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-# %% ../nbs/07_extract.ipynb #d73377e3
-def _zero_frames(file: Path) -> bool:
-    """True when the container opens but holds no decodable video frame (decord reports those as corrupt)."""
-    try:
-        import av
-        with av.open(str(file)) as c:
-            if not c.streams.video:
-                return True
-            for _ in c.decode(video=0):
-                return False
-            return True
-    except Exception:
-        return False
-
-# %% ../nbs/07_extract.ipynb #cf7774b9
-def _classify(e: BaseException, file: Path, opened: bool) -> ExtractFailure:
-    """Map a decoding error to a failure reason."""
-    if isinstance(e, ExtractFailure):
-        return e
-    msg = str(e) if isinstance(e, VideoError) else f"{file}: {type(e).__name__}: {e}"
-    if not file.is_file():
-        return ExtractFailure("missing_video", msg)
-    if not opened:
-        if "0 frames" in msg or file.stat().st_size == 0 or _zero_frames(file):
-            return ExtractFailure("zero_frames", f"{file}: no video frames ({msg})")
-        return ExtractFailure("unreadable_video", msg)
-    return ExtractFailure("decode_error", msg)
-
-# %% ../nbs/07_extract.ipynb #c8f8fa11
-class _Batcher:
-    """Packs windows (uint8 [T, H, W, 3]) and events into batch dicts of at most `size` windows."""
-    def __init__(self, size: int):
-        self.size = size
-        self.reset()
-
-    def reset(self):
-        self.frames, self.pad, self.vid, self.win, self.events = [], [], [], [], []
-
-    def add(self, vid: int, win: int, frames: np.ndarray, pad: np.ndarray):
-        self.frames.append(frames); self.pad.append(pad); self.vid.append(vid); self.win.append(win)
-
-    def drop(self, vid: int):
-        keep = [i for i, v in enumerate(self.vid) if v != vid]
-        self.frames, self.pad = [self.frames[i] for i in keep], [self.pad[i] for i in keep]
-        self.vid, self.win = [self.vid[i] for i in keep], [self.win[i] for i in keep]
-
-    @property
-    def full(self) -> bool: return len(self.frames) >= self.size
-
-    def __bool__(self): return bool(self.frames or self.events)
-
-    def flush(self) -> dict:
-        b = {"frames": torch.from_numpy(np.stack(self.frames)) if self.frames else None,   # [b, T, H, W, 3] uint8
-             "pad": torch.from_numpy(np.stack(self.pad)) if self.frames else None,         # [b, T] bool
-             "vid": torch.tensor(self.vid, dtype=torch.long),                              # [b]
-             "win": torch.tensor(self.win, dtype=torch.long),                              # [b]
-             "events": list(self.events)}
-        self.reset()
-        return b
-
-# %% ../nbs/07_extract.ipynb #376c7abd
-class WindowDataset(IterableDataset):
-    """Batches of SignHiera windows from many videos, decoded (and optionally cropped) in the loader workers."""
-    def __init__(self,
-                 videos: Sequence[tuple[int, str]],          # (video index, file)
-                 sizes: Preset,
-                 batch_size: int = 8,                         # windows per batch, across videos
-                 crop: PreprocessConfig | None = None,        # crop the signer first (uncropped videos)
-                 overlap: float = 0.5,                        # window overlap (fraction of a window)
-                 decode_threads: int = 1):                    # decord threads per worker
-        self.videos, self.sizes, self.batch_size = list(videos), sizes, batch_size
-        self.crop, self.overlap, self.decode_threads = crop, overlap, decode_threads
-
-    def _windows(self, file: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        # uncropped videos: the crop config's mode (reference: ssvp_slt's windows, bilinear); crop clips of the
-        # reference mode carry their own windows, whatever the mode
-        mode = self.crop.resolved_mode(self.sizes) if self.crop is not None else "resample"
-        it = iter_windows(file, self.sizes, self.overlap, self.decode_threads, mode=mode)
-        if self.crop is None:
-            yield from it
-            return
-        size, box = self.sizes.crop_size, None
-        for frames, pad in it:                                   # frames [T, H, W, 3] full frames
-            if frames.shape[1:3] == (size, size):                # already a signer crop: leave it
-                yield frames, pad
-                continue
-            if box is None:
-                box = find_signer_box(file, self.crop, self.sizes).box
-            yield np.stack([crop_frame(f, box, size, bilinear=mode == "reference") for f in frames]), pad   # [T, size, size, 3]
-
-    def _check(self, frames: np.ndarray, file: Path):
-        c, T = self.sizes.crop_size, self.sizes.num_frames
-        if frames.shape != (T, c, c, 3):
-            hint = ("" if self.crop is not None else
-                    " — run the preprocess stage (signer crops in data/crops) or pass crop=cfg.preprocess")
-            raise ExtractFailure("wrong_size", f"{file}: window is {tuple(frames.shape)} [T, H, W, 3], the preset "
-                                               f"needs ({T}, {c}, {c}, 3){hint}")
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None:
-            torch.set_num_threads(1)                             # the model owns the cores
-        out = _Batcher(self.batch_size)
-        for vid, file in self.videos[w::nw]:
-            file, n, opened = Path(file), 0, False
-            try:
-                for frames, pad in self._windows(file):
-                    opened = True
-                    self._check(frames, file)
-                    out.add(vid, n, frames, pad)
-                    n += 1
-                    if out.full:
-                        yield out.flush()
-                out.events.append(("done", vid, n, ""))
-            except ImportError:                                  # a missing dependency stops the run
-                raise
-            except Exception as e:                               # a bad video is a reported skip, never fatal
-                f = _classify(e, file, opened)
-                out.drop(vid)
-                out.events.append(("fail", vid, f.reason, f.detail))
-            if out.full:
-                yield out.flush()
-        if out:
-            yield out.flush()
-
-# %% ../nbs/07_extract.ipynb #f156d1bf
-def write_test_clip(path: str | Path,     # .mp4 to write
-                    n_frames: int,        # frames at `fps`
-                    size: int = 64,       # square crop side
-                    seed: int = 0,        # picks the moving pattern
-                    fps: int = 25) -> Path:
-    """A synthetic signer-crop clip: smooth moving colour blobs, different per seed (for tests/benchmarks)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    phase, speed, col = rng.uniform(0, 6.3, 3), rng.uniform(0.5, 2.0, 3), rng.uniform(60, 255, (3, 3))
-    def frame(i):
-        t = i / fps
-        img = np.zeros((size, size, 3), np.float32)
-        for k in range(3):
-            cx, cy = 0.5 + 0.3 * np.sin(speed[k] * t + phase[k]), 0.5 + 0.3 * np.cos(1.3 * speed[k] * t + phase[k])
-            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02)[..., None] * col[k]
-        return np.clip(img, 0, 255).astype(np.uint8)
-    return write_video(path, (frame(i) for i in range(n_frames)), fps=fps, crf=18, preset="ultrafast")
-
-# %% ../nbs/07_extract.ipynb #079c933f
-def write_zero_frame_clip(path: str | Path, size: int = 64) -> Path:
-    """A valid mp4 container with no video frames (what an interrupted encoder can leave)."""
-    import av
-    with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        c.start_encoding()
-    return Path(path)
-
-# %% ../nbs/07_extract.ipynb #a3075978
-def write_test_manifest(root: str | Path, lengths: Sequence[int] = (20, 110, 150), size: int = 64,
-                        corrupt: bool = True, zero: bool = True) -> Path:
-    """Clips of `lengths` frames (+ a corrupt and a zero-frame one) and their manifest `root/test.tsv`."""
-    root = Path(root)
-    rows = []
-    for i, n in enumerate(lengths):
-        write_test_clip(root / "test" / f"clip{i}.mp4", n, size, seed=i)
-        rows.append({"id": f"clip{i}", "video_path": f"test/clip{i}.mp4", "n_frames": n,
-                     "translation": f"sentence number {i}.", "signer": f"s{i % 2}"})
-    if corrupt:
-        (root / "test" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 40)
-        rows.append({"id": "corrupt", "video_path": "test/corrupt.mp4", "n_frames": 50,
-                     "translation": "corrupt.", "signer": "s0"})
-    if zero:
-        write_zero_frame_clip(root / "test" / "empty.mp4", size)
-        rows.append({"id": "empty", "video_path": "test/empty.mp4", "n_frames": 10,
-                     "translation": "empty.", "signer": "s1"})
-    return write_tsv(root / "test.tsv", rows, ("id", "video_path", "n_frames", "translation", "signer"))
 
 # %% ../nbs/07_extract.ipynb #965b6624
 def shard_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int, int]:
@@ -327,354 +106,7 @@ def autocast_dtype(device: torch.device,
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return torch.float16
 
-# %% ../nbs/07_extract.ipynb #9cf4dcbb
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of a model's class, parameter names, shapes, dtypes and values (what the features depend on)."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-# %% ../nbs/07_extract.ipynb #91093ebe
-def _jsonable(x):
-    return json.loads(json.dumps(x, default=str))
-
-# %% ../nbs/07_extract.ipynb #d3a673ac
-def _check_settings(out_dir: Path, settings: dict, on_change: Literal["error", "restart"] = "error") -> None:
-    """Guard a folder against mixing settings; `restart` empties it instead (a pipeline stage's persistent output)."""
-    p = out_dir / "extract.json"
-    if p.is_file():
-        old = read_json(p)
-        diff = {k: {"folder": old.get(k), "now": v} for k, v in settings.items() if old.get(k) != v}
-        if diff and on_change == "restart":
-            n = _empty_folder(out_dir)
-            print(f"{out_dir}: made with other settings ({', '.join(diff)}) — starting over, {n} files removed", flush=True)
-        elif diff:
-            raise ValueError(f"{out_dir} holds features made with other settings ({p}): {json.dumps(diff)[:800]}. "
-                             "Extract into a new folder, or delete this one to start over.")
-        else:
-            return
-    write_json(p, settings)
-
-# %% ../nbs/07_extract.ipynb #7ddded8b
-def _empty_folder(folder: Path) -> int:
-    n = 0
-    for f in sorted(folder.rglob("*"), reverse=True):      # files before their folders
-        if f.is_dir() and not f.is_symlink():
-            f.rmdir()
-        else:
-            f.unlink(); n += 1
-    return n
-
-# %% ../nbs/07_extract.ipynb #88b1d206
-_TMP_RE = re.compile(r"^\.(?P<id>.+)\.[a-z0-9_]{8}\.tmp\.pt$")   # atomic_path's temp name for {id}.pt
-_INFO_TMP_RE = re.compile(r"^\.(?P<id>.+)\.info\.[a-z0-9_]{8}\.tmp\.json$")   # ... and for {id}.info.json
-
-
-def _remove_stale_temps(out_dir: Path, ids: set[str]) -> int:
-    n = 0
-    with os.scandir(out_dir) as it:
-        for e in it:
-            m = _TMP_RE.match(e.name) or _INFO_TMP_RE.match(e.name)
-            if m and m["id"] in ids:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(e.path); n += 1
-    return n
-
-# %% ../nbs/07_extract.ipynb #d5711e40
-_LEFTOVER_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")   # temp names of io.atomic_write / atomic_path
-
-def _remove_leftover_temps(out_dir: Path) -> int:
-    """Temp files of writes a killed run never finished (lengths, reports, shards): only where one process
-    writes (a DVC stage's folder) — under torchrun another rank's temp may be in flight."""
-    n = 0
-    for folder in (out_dir, out_dir / "shards"):
-        if folder.is_dir():
-            for e in os.scandir(folder):
-                if _LEFTOVER_RE.match(e.name) and e.is_file():
-                    os.unlink(e.path); n += 1
-    return n
-
-# %% ../nbs/07_extract.ipynb #352e34d5
-def _remove_unlisted(out_dir: Path, ids: set[str]) -> int:
-    """Delete the feature and info files of clips that are not in the manifest (any more)."""
-    n = 0
-    with os.scandir(out_dir) as it:
-        for e in it:
-            for suffix in (INFO_SUFFIX, FEATURE_SUFFIX):
-                if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file():
-                    if e.name[: -len(suffix)] not in ids:
-                        os.unlink(e.path); n += 1
-                    break
-    return n
-
-# %% ../nbs/07_extract.ipynb #1e348299
-def _shard_path(out_dir: Path, kind: str, rank: int, world: int) -> Path:
-    ext = "tsv" if kind == "lengths" else "json"
-    return out_dir / "shards" / f"{kind}-{rank:05d}-of-{world:05d}.{ext}"
-
-# %% ../nbs/07_extract.ipynb #b259bbd1
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on `path` (no-op where fcntl is missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-# %% ../nbs/07_extract.ipynb #18185ca8
-def merge_shards(out_dir: str | Path,          # the extraction folder
-                 manifest_tsv: str | Path,     # its manifest (for the row order)
-                 world_size: int,              # number of shards to expect
-                 ) -> dict | None:             # the merged summary, or None while shards are missing
-    """Merge the ranks' lengths/failures shards into `lengths.tsv` and `failures.json` once all exist."""
-    out_dir = Path(out_dir)
-    with _locked(out_dir / "shards" / ".lock"):
-        lp = [_shard_path(out_dir, "lengths", r, world_size) for r in range(world_size)]
-        fp = [_shard_path(out_dir, "failures", r, world_size) for r in range(world_size)]
-        if not all(p.is_file() for p in lp + fp):
-            return None
-        order = {r["id"]: i for i, r in reversed(list(enumerate(read_tsv(manifest_tsv))))}
-        header = lp[0].read_text(encoding="utf-8").splitlines()[0].split("\t")
-        rows = sorted((r for p in lp for r in read_tsv(p)), key=lambda r: order.get(r["id"], len(order)))
-        fails = sorted((f for p in fp for f in read_json(p)["failures"]),
-                       key=lambda f: order.get(f["id"], len(order)))
-        lengths = write_tsv(out_dir / "lengths.tsv", rows, header)
-        reasons: dict[str, int] = {}
-        for f in fails:
-            reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
-        summary = {"manifest": str(manifest_tsv), "videos": len(rows), "failed": len(fails),
-                   "failed_by_reason": dict(sorted(reasons.items())),
-                   "features": sum(int(r["n_features"]) for r in rows), "world_size": world_size}
-        write_json(out_dir / "failures.json", {**summary, "failures": fails})
-        return {**summary, "lengths": str(lengths), "failures_path": str(out_dir / "failures.json")}
-
-# %% ../nbs/07_extract.ipynb #82dc307c
-class VideoProducer(Protocol):
-    """Per-video features for `extract_manifest(..., producer=)`: `(features [N, C], info)` for a manifest row."""
-    settings: dict                 # everything the features depend on (guards the folder via extract.json)
-    columns: Sequence[str]         # per-video info fields, added to lengths.tsv
-    # optional: start_method = "spawn" for libraries that break in forked workers (see above)
-
-    def __call__(self, row: dict, file: Path) -> tuple[torch.Tensor, dict]: ...
-
-# %% ../nbs/07_extract.ipynb #684d744f
-INFO_SUFFIX = ".info.json"
-
-
-def _producer_failure(e: BaseException, file: Path) -> ExtractFailure:
-    if isinstance(e, (ExtractFailure, VideoError, OSError)):
-        return _classify(e, file, opened=False)
-    return ExtractFailure("producer_error", f"{file}: {type(e).__name__}: {e}")
-
-# %% ../nbs/07_extract.ipynb #15e41310
-class ProducerDataset(IterableDataset):
-    """One result per video from a `VideoProducer`, computed in the loader workers (each takes every n-th video)."""
-    def __init__(self, videos: Sequence[tuple[int, dict, str]],   # (video index, manifest row, file)
-                 producer: VideoProducer):
-        self.videos, self.producer = list(videos), producer
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None:
-            torch.set_num_threads(1)
-        for vid, row, file in self.videos[w::nw]:
-            file = Path(file)
-            try:
-                feats, extra = self.producer(row, file)
-                if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or not len(feats):
-                    what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-                    raise ExtractFailure("empty_features", f"{file}: the producer returned {what}, not [N>0, C]")
-                yield {"vid": vid, "features": feats, "info": dict(extra or {}), "fail": None}
-            except ImportError:                                  # a missing dependency stops the run
-                raise
-            except Exception as e:                               # a bad video is a reported skip, never fatal
-                f = _producer_failure(e, file)
-                yield {"vid": vid, "features": None, "info": None, "fail": (f.reason, f.detail)}
-
-# %% ../nbs/07_extract.ipynb #2ccb0231
-def _save_info(path: Path, info: dict) -> None:
-    with atomic_path(path) as tmp:                       # temp name .{id}.info.XXXXXXXX.tmp.json
-        tmp.write_text(json.dumps(_jsonable(info), ensure_ascii=False), encoding="utf-8")
-
-# %% ../nbs/07_extract.ipynb #36390c59
-def _load_info(path: Path) -> dict | None:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-# %% ../nbs/07_extract.ipynb #f8d62f44
-def _fmt_time(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-# %% ../nbs/07_extract.ipynb #9dca49b2
-class LogProgress:
-    """tqdm's `update`/`set_postfix`/`refresh`/`close` as plain log lines (first item, every `every_s` s or `every_n` items, end)."""
-    def __init__(self, total: int, desc: str, unit: str = "clip", every_s: float = 30.0, every_n: int = 0,
-                 file=None):
-        self.total, self.desc, self.unit, self.every_s, self.every_n = total, desc, unit, every_s, every_n
-        self.file, self.n, self.postfix = file, 0, {}
-        self.t0 = self._last_t = time.monotonic()
-        self._last_n, self._printed = 0, False
-
-    def line(self) -> str:
-        el = time.monotonic() - self.t0
-        rate = self.n / el if el > 0 else 0.0
-        speed = ((f"{rate:.2f} {self.unit}s/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}") if rate > 0
-                 else f"- {self.unit}s/s")
-        eta = (self.total - self.n) / rate if rate > 0 else None
-        pct = 100 * self.n / self.total if self.total else 100.0
-        post = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        return (f"{self.desc}: {self.n}/{self.total} {self.unit}s ({pct:.0f}%), {speed}, elapsed {_fmt_time(el)}, "
-                f"ETA {_fmt_time(eta)}{post}")
-
-    def _print(self):
-        self._last_t, self._last_n, self._printed = time.monotonic(), self.n, True
-        print(self.line(), file=self.file or sys.stderr, flush=True)
-
-    def refresh(self):
-        """Print a line if one is due (time or count since the last line)."""
-        if (time.monotonic() - self._last_t >= self.every_s
-                or (self.every_n and self.n - self._last_n >= self.every_n)):
-            self._print()
-
-    def update(self, n: int = 1):
-        self.n += n
-        self._print() if self.n == n else self.refresh()        # the first item at once: the run is alive
-
-    def set_postfix(self, refresh: bool = False, **kw):
-        self.postfix = kw
-
-    def close(self):
-        if self.total and (self.n != self._last_n or not self._printed):
-            self._print()
-
-# %% ../nbs/07_extract.ipynb #a95d8efb
-def progress_bar(total: int, desc: str, unit: str = "clip", enabled: bool = True, every_s: float = 30.0,
-                 every_n: int = 0):
-    """A tqdm bar on a terminal, `LogProgress` lines in a log (stderr not a TTY), nothing when not `enabled`."""
-    if not enabled:
-        return tqdm(total=total, disable=True)
-    if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0)
-    return LogProgress(total, desc, unit, every_s, every_n)
-
-# %% ../nbs/07_extract.ipynb #32421598
-@dataclasses.dataclass
-class WindowCost:
-    """What one forward pass of one window costs."""
-    peak_bytes: int      # above what was in use before: device memory on CUDA, RSS on the CPU (0 = unknown)
-    seconds: float
-
-# %% ../nbs/07_extract.ipynb #cf71df46
-def _rss() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-# %% ../nbs/07_extract.ipynb #cdb043a7
-def measure_peak(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[Any, WindowCost]:
-    """Run `fn()` once → (its result, its peak memory above the current level and its time)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base, t = torch.cuda.memory_allocated(dev), time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize(dev)
-        return out, WindowCost(torch.cuda.max_memory_allocated(dev) - base, time.perf_counter() - t)
-    base = _rss()
-    peak, stop = [base], threading.Event()
-    def poll():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            stop.wait(0.002)
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    t = time.perf_counter()
-    try:
-        out = fn()
-    finally:
-        stop.set()
-        th.join()
-    return out, WindowCost(max(0, max(peak[0], _rss()) - base) if base else 0, time.perf_counter() - t)
-
-# %% ../nbs/07_extract.ipynb #2ad4dd23
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup memory limit (v2, else v1), without reclaimable file cache; None: no limit."""
-    for d, lim, use, inactive in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
-                                  ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
-                                   "total_inactive_file")):
-        try:
-            limit, used = int(Path(d, lim).read_text()), int(Path(d, use).read_text())
-        except (OSError, ValueError):                       # absent, or "max" (no limit)
-            continue
-        stat = dict(l.split() for l in Path(d, "memory.stat").read_text().splitlines() if len(l.split()) == 2) \
-            if Path(d, "memory.stat").is_file() else {}
-        return max(0, limit - used + int(stat.get(inactive, 0)))
-    return None
-
-# %% ../nbs/07_extract.ipynb #41669250
-def available_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes a forward pass may still take: CUDA free + cached by torch; CPU `MemAvailable` (≤ the cgroup's room)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    try:
-        info = dict(l.split(":", 1) for l in Path("/proc/meminfo").read_text().splitlines())
-        avail = int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    room = _cgroup_room()
-    return min(avail, room) if room is not None else avail
-
-# %% ../nbs/07_extract.ipynb #f56b39f7
-def choose_batch_size(cost: WindowCost,                     # one window's forward pass
-                      available: int,                        # bytes (`available_memory`)
-                      cap: int = 8,                          # the user's maximum
-                      *,
-                      extra_per_window: int = 0,             # bytes per window outside the forward (loader buffers)
-                      margin: float = 0.8,                   # use at most this share of `available`
-                      max_batch_seconds: float | None = None,  # CPU: keep each batch under this much compute
-                      ) -> tuple[int, str]:
-    """Windows per forward pass that fit in memory (≤ `cap`, ≥ 1) and a one-line reason."""
-    per = cost.peak_bytes + extra_per_window
-    fit = int(margin * available // per) if cost.peak_bytes > 0 else cap
-    n, limits = max(1, min(cap, fit)), []
-    if cost.peak_bytes <= 0:
-        limits.append("peak memory not measurable here: using the cap")
-    if max_batch_seconds and cost.seconds > 0 and int(max_batch_seconds // cost.seconds) < n:
-        n = max(1, int(max_batch_seconds // cost.seconds))
-        limits.append(f"≤ {max_batch_seconds:.0f} s of compute per batch")
-    if fit < 1:
-        limits.append("WARNING: not even one window fits — expect swapping or out-of-memory")
-    why = (f"{n} window{'s' * (n != 1)} per forward pass (one window: {per / 2**30:.2f} GiB peak, {cost.seconds:.2f} s; "
-           f"{available / 2**30:.1f} GiB available × {margin} fits {fit}; cap {cap}"
-           + "".join(f"; {x}" for x in limits) + ")")
-    return n, why
-
 # %% ../nbs/07_extract.ipynb #07f4d9bc
-_SAFE_ID = re.compile(r"^[^/\\\x00]+$")
-
-
 class _HostCopy:
     """Copy device tensors to (pinned) host memory without waiting; `get()` waits. On the CPU: no copy."""
     def __init__(self, *tensors: torch.Tensor):
@@ -716,6 +148,149 @@ def auto_batch_size(model: nn.Module, sizes: Preset, device: str | torch.device,
     return choose_batch_size(cost, available_memory(dev), cap, extra_per_window=x.numel() * host_windows if cpu else 0,
                              max_batch_seconds=60.0 if cpu else None)
 
+# %% ../nbs/07_extract.ipynb #48f5a61e
+def _lengths_columns(manifest_tsv: Path, producer: VideoProducer | None) -> tuple[list[str], list[str]]:
+    """The lengths TSV's columns (`LENGTHS_COLUMNS`, the manifest's others, a producer's info fields) and those fields."""
+    header = manifest_tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    columns = list(LENGTHS_COLUMNS) + [c for c in header if c not in LENGTHS_COLUMNS]
+    info_columns = list(producer.columns) if producer is not None else []
+    columns += [c for c in info_columns if c not in columns]
+    return columns, info_columns
+
+# %% ../nbs/07_extract.ipynb #f5f52ce2
+def _folder_settings(model: nn.Module | None, sizes: Preset | None, crop: PreprocessConfig | None, overlap: float,
+                     overlap_policy: OverlapPolicy, producer: VideoProducer | None) -> dict:
+    """What a folder's features depend on (`extract.json`): windows, crops and weights, or the producer's settings."""
+    if producer is None:
+        return _jsonable({"format": 1, "sizes": dataclasses.asdict(sizes), "overlap": overlap,
+                          "overlap_policy": overlap_policy,
+                          "crop": dataclasses.asdict(crop) if crop is not None else None,
+                          "model": model_fingerprint(model)})
+    return _jsonable({"format": 1, "producer": producer.settings})
+
+# %% ../nbs/07_extract.ipynb #407c35da
+def _clip_bar(n: int, manifest_tsv: Path, rank: int, world: int, progress: bool):
+    """Progress over one manifest's clips (rank 0 only)."""
+    return progress_bar(n, f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
+                        + (f" [{rank}/{world}]" if world > 1 else ""), "clip", progress and rank == 0)
+
+# %% ../nbs/07_extract.ipynb #a79b13a6
+def _extract_produced(todo: list[dict], writer: ClipWriter, producer: VideoProducer, manifest_tsv: Path,
+                      num_workers: int, prefetch_factor: int, rank: int, world: int, progress: bool) -> None:
+    """The producer path: one result per video from the loader workers, stored (or reported) as it arrives."""
+    videos = [(i, r, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
+    workers = max(0, min(num_workers, len(videos)))
+    loader = DataLoader(ProducerDataset(videos, producer), batch_size=None, num_workers=workers,
+                        prefetch_factor=prefetch_factor if workers else None,
+                        multiprocessing_context=getattr(producer, "start_method", None) if workers else None)
+    bar = _clip_bar(len(todo), manifest_tsv, rank, world, progress)
+    for res in loader:
+        r = todo[res["vid"]]
+        if res["fail"] is not None:
+            writer.fail(r, *res["fail"])
+        else:
+            writer.store(r, res["features"], res["info"])
+        bar.update(1)
+        bar.set_postfix(failed=len(writer.failures), refresh=False)
+    bar.close()
+
+# %% ../nbs/07_extract.ipynb #5e9aaf6c
+class _WindowCollector:
+    """The windows of unfinished videos; a video is merged and stored once its `done` event and all its windows are in."""
+    def __init__(self, todo: list[dict], writer: ClipWriter, bar, overlap: float, overlap_policy: OverlapPolicy):
+        self.todo, self.writer, self.bar, self.overlap_policy = todo, writer, bar, overlap_policy
+        self.pending: dict[int, dict[int, torch.Tensor]] = {}      # vid -> {window: [U_i, C]}
+        self.expected: dict[int, int] = {}                          # vid -> number of windows (after "done")
+        self.units: int | None = None                               # U: units of a full window
+        self.stride = 1 - overlap
+        self.windows = 0
+
+    def finish(self, vid: int):
+        if vid not in self.expected or len(self.pending.get(vid, {})) < self.expected[vid]:
+            return
+        parts = self.pending.pop(vid)
+        U = self.units
+        feats = merge_windows([parts[k] for k in range(self.expected.pop(vid))], self.overlap_policy,
+                              U, max(1, round(U * self.stride)) if U else None)
+        self.writer.store(self.todo[vid], feats)
+        self.bar.update(1)
+
+    def collect(self, call: _HostCopy | None, vids: list[int], wins: list[int], events: list):
+        """One batch, in loader order: its windows' features (waiting for the copy), then its events."""
+        if call is not None:
+            feats, valid_units = call.get()                                    # [B, T', C], [B, T'] on the host
+            self.units = self.units or feats.shape[1]
+            self.windows += feats.shape[0]
+            for f, v, vid, win in zip(feats, valid_units, vids, wins):
+                self.pending.setdefault(vid, {})[win] = f[v].clone()           # [U_i, C], padding dropped
+                self.finish(vid)
+        for kind, vid, a, b in events:
+            if kind == "done":
+                self.expected[vid] = int(a)
+                self.finish(vid)
+            else:
+                self.pending.pop(vid, None)
+                self.writer.fail(self.todo[vid], a, b)
+                self.bar.update(1)
+        self.bar.set_postfix(failed=len(self.writer.failures), windows=self.windows, refresh=False)
+        self.bar.refresh()                                   # a line in a log when one is due, even mid-clip
+
+# %% ../nbs/07_extract.ipynb #9bbeef2d
+def _forward(model: nn.Module, batch: dict, sizes: Preset, dev: torch.device, amp: torch.dtype | None,
+             batch_size: int) -> _HostCopy:
+    """One loader batch's uint8 windows → their features, on their way to the host."""
+    x = batch["frames"].to(dev, non_blocking=True)                # [B, T, H, W, 3] uint8
+    pad = batch["pad"].to(dev, non_blocking=True)                  # [B, T] bool
+    x = normalize_batch(x, sizes)                                 # [B, 3, T, H, W] float
+    try:
+        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            feats, valid_units = model.extract_features(x, pad)    # [B, T', C], [B, T']
+    except torch.OutOfMemoryError as e:
+        raise RuntimeError(f"out of memory on {dev} at batch_size={batch_size}: lower batch_size or "
+                           "max_batch_size (features do not depend on it) and rerun — finished videos "
+                           "are kept") from e
+    return _HostCopy(feats.float(), valid_units)                   # async device → host
+
+# %% ../nbs/07_extract.ipynb #4afaf43e
+def _run_batches(loader: DataLoader, model: nn.Module, sizes: Preset, dev: torch.device, amp: torch.dtype | None,
+                 batch_size: int, col: _WindowCollector) -> None:
+    """Every batch through the model; a batch's results are collected once the next one is on the device."""
+    queue: collections.deque = collections.deque()    # batches whose results are still on the device
+    with torch.inference_mode():
+        for batch in loader:
+            call = _forward(model, batch, sizes, dev, amp, batch_size) if batch["frames"] is not None else None
+            queue.append((call, batch["vid"].tolist(), batch["win"].tolist(), batch["events"]))
+            while len(queue) > 1:    # handle the previous batch while the device runs this one
+                col.collect(*queue.popleft())
+        while queue:
+            col.collect(*queue.popleft())
+
+# %% ../nbs/07_extract.ipynb #cef0d90e
+def _extract_windows(todo: list[dict], writer: ClipWriter, model: nn.Module, sizes: Preset, dev: torch.device,
+                     amp: torch.dtype | None, batch_size: int | Literal["auto"], *, manifest_tsv: Path,
+                     num_workers: int, prefetch_factor: int, max_batch_size: int, crop: PreprocessConfig | None,
+                     overlap: float, overlap_policy: OverlapPolicy, decode_threads: int, rank: int, world: int,
+                     progress: bool) -> tuple[int, int | str]:
+    """The SignHiera path: windows of many videos batched through the model → (windows run, the batch size used)."""
+    videos = [(i, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
+    workers = max(0, min(num_workers, len(videos)))
+    if batch_size in ("auto", 0):
+        batch_size, why = auto_batch_size(model, sizes, dev, max_batch_size, amp,
+                                          host_windows=workers * (prefetch_factor + 1) + 2)
+        if rank == 0:
+            print(f"batch_size auto: {why}", flush=True)
+    ds = WindowDataset(videos, sizes, int(batch_size), crop, overlap, decode_threads)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
+                        prefetch_factor=prefetch_factor if workers else None)
+    col = _WindowCollector(todo, writer, _clip_bar(len(todo), manifest_tsv, rank, world, progress), overlap,
+                           overlap_policy)
+    _run_batches(loader, model, sizes, dev, amp, batch_size, col)
+    col.bar.close()
+    if col.pending:   # cannot happen unless a worker lost windows: report, never write partial features
+        for vid in list(col.pending):
+            writer.fail(todo[vid], "incomplete", "not all windows came back from the loader")
+    return col.windows, batch_size
+
 # %% ../nbs/07_extract.ipynb #d5dc590f
 def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_path (+ translation, …)
                      model: nn.Module | None,               # has extract_features(x, padding_mask) -> (features [B, T', C], valid [B, T']); None with a producer
@@ -749,188 +324,32 @@ def extract_manifest(manifest_tsv: str | Path,             # TSV with id, video_
     dev = resolve_device(device, local_rank, world) if producer is None else torch.device("cpu")   # producers: CPU workers
     amp = autocast_dtype(dev, precision) if producer is None else None
     rows = read_tsv(manifest_tsv, required=("id", "video_path"))
-    header = manifest_tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
-    columns = list(LENGTHS_COLUMNS) + [c for c in header if c not in LENGTHS_COLUMNS]
-    info_columns = list(producer.columns) if producer is not None else []
-    columns += [c for c in info_columns if c not in columns]
+    columns, info_columns = _lengths_columns(manifest_tsv, producer)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    if producer is None:
-        settings = _jsonable({"format": 1, "sizes": dataclasses.asdict(sizes), "overlap": overlap,
-                              "overlap_policy": overlap_policy,
-                              "crop": dataclasses.asdict(crop) if crop is not None else None,
-                              "model": model_fingerprint(model)})
-    else:
-        settings = _jsonable({"format": 1, "producer": producer.settings})
-    _check_settings(out_dir, settings, "restart" if mirror else "error")
-
-    failures: list[dict] = []
-    def fail(r: dict, reason: str, detail: str):
-        failures.append({"id": r["id"], "video_path": r.get("video_path", ""), "reason": reason, "detail": detail})
-
-    valid, seen = [], set()                       # rows with a usable id, in manifest order
-    for r in rows:
-        if not _SAFE_ID.match(r["id"]) or r["id"] in (".", ".."):
-            fail(r, "unsafe_id", f"{manifest_tsv}: id {r['id']!r} cannot be a file name"); continue
-        if r["id"] in seen:
-            fail(r, "duplicate_id", f"{manifest_tsv}: duplicate id {r['id']!r} (the first row is used)"); continue
-        seen.add(r["id"]); valid.append(r)
-    failures = [f for i, f in enumerate(failures) if i % world == rank]   # each rank reports a share
-    mine = valid[rank::world]
-    _remove_stale_temps(out_dir, {r["id"] for r in mine})
-    if mirror:
-        _remove_unlisted(out_dir, {r["id"] for r in valid})   # clips no longer in the manifest
-        _remove_leftover_temps(out_dir)                        # half-written lengths/reports of a killed run
-
-    def input_of(r: dict) -> str | None:      # a finished file is reused only while its input is unchanged
-        try:
-            return sha256sum(resolve_video_path(manifest_tsv, r["video_path"]))
-        except OSError:
-            return None
-
-    done_rows: dict[str, dict] = {}
-    todo: list[dict] = []
-    def row_out(r: dict, n: int, info: dict | None = None) -> dict:
-        return {**r, "id": r["id"], "n_features": n, "path": str(out_dir / f"{r['id']}{FEATURE_SUFFIX}"),
-                "translation": r.get("translation", ""), **{c: (info or {}).get(c, "") for c in info_columns}}
-    for r in mine:
-        p = out_dir / f"{r['id']}{FEATURE_SUFFIX}"
-        if p.is_file():
-            info = _load_info(out_dir / f"{r['id']}{INFO_SUFFIX}")
-            try:
-                if info is None or info.get("input_sha256") != input_of(r):
-                    raise ValueError("no record of the input, or the input changed")
-                done_rows[r["id"]] = row_out(r, load_features(p, mmap=True).shape[0], info)
-                continue
-            except ValueError:            # stale, or unreadable (e.g. damaged on disk later): redo it
-                p.unlink()
-        if str(r.get("n_frames", "")).strip() == "0":
-            fail(r, "zero_frames", f"{manifest_tsv}: {r['id']} has n_frames 0 in the manifest")
-        else:
-            todo.append(r)
-    skipped = len(done_rows)
-
-    new, windows, measured = 0, 0, {}
-    def store(r: dict, feats: torch.Tensor, info: dict | None = None):
-        """One finished video: its info file first, then its features (the file whose existence means done)."""
-        nonlocal new
-        info = dict(info or {})
-        if timed := {k: info.pop(k) for k in list(info) if k.startswith("_")}:   # measurements: returned, not stored
-            measured[r["id"]] = timed
-        _save_info(out_dir / f"{r['id']}{INFO_SUFFIX}", {**info, "input_sha256": input_of(r)})
-        save_features(feats, out_dir / f"{r['id']}{FEATURE_SUFFIX}")
-        done_rows[r["id"]] = row_out(r, feats.shape[0], info)
-        new += 1
-
+    settings = _folder_settings(model, sizes, crop, overlap, overlap_policy, producer)
+    writer = ClipWriter(manifest_tsv, out_dir, info_columns)
+    mine, todo = writer.start(rows, settings, rank, world, mirror)    # resume: finished clips are not redone
+    skipped, windows = len(writer.done_rows), 0
     if todo and producer is not None:
-        videos = [(i, r, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
-        workers = max(0, min(num_workers, len(videos)))
-        loader = DataLoader(ProducerDataset(videos, producer), batch_size=None, num_workers=workers,
-                            prefetch_factor=prefetch_factor if workers else None,
-                            multiprocessing_context=getattr(producer, "start_method", None) if workers else None)
-        bar = progress_bar(len(todo), f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
-                           + (f" [{rank}/{world}]" if world > 1 else ""), "clip", progress and rank == 0)
-        for res in loader:
-            r = todo[res["vid"]]
-            if res["fail"] is not None:
-                fail(r, *res["fail"])
-            else:
-                store(r, res["features"], res["info"])
-            bar.update(1)
-            bar.set_postfix(failed=len(failures), refresh=False)
-        bar.close()
-
+        _extract_produced(todo, writer, producer, manifest_tsv, num_workers, prefetch_factor, rank, world, progress)
     if producer is None:
         was_training = model.training
         model.eval().to(dev)
-    if todo and producer is None:
-        videos = [(i, str(resolve_video_path(manifest_tsv, r["video_path"]))) for i, r in enumerate(todo)]
-        workers = max(0, min(num_workers, len(videos)))
-        if batch_size in ("auto", 0):
-            batch_size, why = auto_batch_size(model, sizes, dev, max_batch_size, amp,
-                                              host_windows=workers * (prefetch_factor + 1) + 2)
-            if rank == 0:
-                print(f"batch_size auto: {why}", flush=True)
-        ds = WindowDataset(videos, sizes, int(batch_size), crop, overlap, decode_threads)
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
-                            prefetch_factor=prefetch_factor if workers else None)
-        pending: dict[int, dict[int, torch.Tensor]] = {}      # vid -> {window: [U_i, C]}
-        expected: dict[int, int] = {}                          # vid -> number of windows (after "done")
-        units = {"window": None}
-        stride = 1 - overlap
-        bar = progress_bar(len(todo), f"extract {manifest_tsv.parent.name}/{manifest_tsv.stem}"
-                           + (f" [{rank}/{world}]" if world > 1 else ""), "clip", progress and rank == 0)
-
-        def finish(vid: int):
-            if vid not in expected or len(pending.get(vid, {})) < expected[vid]:
-                return
-            parts = pending.pop(vid)
-            U = units["window"]
-            feats = merge_windows([parts[k] for k in range(expected.pop(vid))], overlap_policy,
-                                  U, max(1, round(U * stride)) if U else None)
-            store(todo[vid], feats)
-            bar.update(1)
-
-        def collect(call: _HostCopy | None, vids: list[int], wins: list[int], events: list):
-            """One batch, in loader order: its windows' features (waiting for the copy), then its events."""
-            nonlocal windows
-            if call is not None:
-                feats, valid_units = call.get()                                    # [B, T', C], [B, T'] on the host
-                units["window"] = units["window"] or feats.shape[1]
-                windows += feats.shape[0]
-                for f, v, vid, win in zip(feats, valid_units, vids, wins):
-                    pending.setdefault(vid, {})[win] = f[v].clone()                # [U_i, C], padding dropped
-                    finish(vid)
-            for kind, vid, a, b in events:
-                if kind == "done":
-                    expected[vid] = int(a)
-                    finish(vid)
-                else:
-                    pending.pop(vid, None)
-                    fail(todo[vid], a, b)
-                    bar.update(1)
-            bar.set_postfix(failed=len(failures), windows=windows, refresh=False)
-            bar.refresh()                                   # a line in a log when one is due, even mid-clip
-
-        queue: collections.deque = collections.deque()    # batches whose results are still on the device
-        with torch.inference_mode():
-            for batch in loader:
-                call = None
-                if batch["frames"] is not None:
-                    x = batch["frames"].to(dev, non_blocking=True)                # [B, T, H, W, 3] uint8
-                    pad = batch["pad"].to(dev, non_blocking=True)                  # [B, T] bool
-                    x = normalize_batch(x, sizes)                                 # [B, 3, T, H, W] float
-                    try:
-                        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
-                            feats, valid_units = model.extract_features(x, pad)    # [B, T', C], [B, T']
-                    except torch.OutOfMemoryError as e:
-                        raise RuntimeError(f"out of memory on {dev} at batch_size={batch_size}: lower batch_size or "
-                                           "max_batch_size (features do not depend on it) and rerun — finished videos "
-                                           "are kept") from e
-                    call = _HostCopy(feats.float(), valid_units)                   # async device → host
-                queue.append((call, batch["vid"].tolist(), batch["win"].tolist(), batch["events"]))
-                while len(queue) > 1:    # handle the previous batch while the device runs this one
-                    collect(*queue.popleft())
-            while queue:
-                collect(*queue.popleft())
-        bar.close()
-        if pending:   # cannot happen unless a worker lost windows: report, never write partial features
-            for vid in list(pending):
-                fail(todo[vid], "incomplete", "not all windows came back from the loader")
-    if producer is None:
+        if todo:
+            windows, batch_size = _extract_windows(
+                todo, writer, model, sizes, dev, amp, batch_size, manifest_tsv=manifest_tsv, num_workers=num_workers,
+                prefetch_factor=prefetch_factor, max_batch_size=max_batch_size, crop=crop, overlap=overlap,
+                overlap_policy=overlap_policy, decode_threads=decode_threads, rank=rank, world=world, progress=progress)
         model.train(was_training)
-
-    ordered = [done_rows[r["id"]] for r in mine if r["id"] in done_rows]
-    lengths_shard = write_tsv(_shard_path(out_dir, "lengths", rank, world), ordered, columns)
-    write_json(_shard_path(out_dir, "failures", rank, world), {"rank": rank, "world_size": world, "failures": failures})
+    ordered, lengths_shard = writer.write_shards(mine, columns, rank, world)
     merged = merge_shards(out_dir, manifest_tsv, world)
     secs = time.perf_counter() - t0
     return {"manifest": str(manifest_tsv), "out_dir": str(out_dir), "rank": rank, "world_size": world,
             "device": str(dev), "precision": str(amp).replace("torch.", "") if amp else "fp32",
-            "batch_size": batch_size if producer is None else None, "videos": len(mine), "extracted": new, "skipped_existing": skipped, "failed": len(failures),
+            "batch_size": batch_size if producer is None else None, "videos": len(mine), "extracted": writer.new, "skipped_existing": skipped, "failed": len(writer.failures),
             "windows": windows, "features": sum(r["n_features"] for r in ordered),
-            "seconds": round(secs, 2), "videos_per_s": round(new / secs, 3) if secs > 0 else None,
-            "lengths_shard": str(lengths_shard), "merged": merged, "failures": failures, "measured": measured}
+            "seconds": round(secs, 2), "videos_per_s": round(writer.new / secs, 3) if secs > 0 else None,
+            "lengths_shard": str(lengths_shard), "merged": merged, "failures": writer.failures, "measured": writer.measured}
 
 # %% ../nbs/07_extract.ipynb #acc1112b
 def build_extractor(preset: str, checkpoint: str | Path | None) -> nn.Module:

@@ -15,8 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, LandmarksConfig, load_config
-from .extract import ExtractFailure, extract_manifest, load_features, resolve_device
+from .config import Config, load_config
+from .config_checks import ConfigError
+from .config_sections import LandmarksConfig
+from .extract import extract_manifest, resolve_device
+from .extract_loader import ExtractFailure
+from .extract_store import load_features
 from .io import (TIMING_COLUMNS, TIMINGS_DIR, read_json, read_tsv, remove_other_outputs, timings_file,
                              without_keys, write_json, write_tsv)
 from .landmark_model import (LandmarkT5, build_landmark_model, count_parameters, load_landmark_model,
@@ -27,7 +31,8 @@ from .train_state import inputs_fingerprint
 from .trainer import fit_best
 from .datasets import FeatureDataset, collate_features
 from .objectives import bleu_validator
-from .video import VideoError, iter_frames, probe_video, resample_indices
+from .video_probe import probe_video, VideoError
+from .video_io import iter_frames, resample_indices
 
 # %% auto #0
 __all__ = ['FACE_POSE_IDS', 'BODY_POSE_IDS', 'HAND_POINTS', 'CHANNELS', 'MIN_VISIBILITY', 'MIN_POSE_FRACTION', 'LANDMARK_FORMAT',
@@ -275,7 +280,7 @@ def unflatten(features: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/15_landmarks.ipynb #52f52c90
 def write_photo_clips(root: str | Path, n_frames: int = 12) -> Path:
     """Test fixture: the panned astronaut, an empty (black) clip and a corrupt file, with their manifest `root/test.tsv`."""
-    from sonar_thesis.video import write_video
+    from sonar_thesis.video_io import write_video
     root = Path(root)
     write_video(root / "clips" / "astronaut.mp4", panned_photo(skdata_astronaut(), n_frames), fps=25)
     write_video(root / "clips" / "nobody.mp4", np.zeros((n_frames, 320, 320, 3), np.uint8), fps=25)

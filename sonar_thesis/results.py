@@ -27,7 +27,9 @@ from .config_sections import AnalysisConfig
 from .evaluate import dataset_label, system_label
 from .io import atomic_path, atomic_write, read_json, read_tsv, sha256sum, write_json
 from .results_page import render_page
-from .video import H264Writer, iter_frames, probe_video, read_crop_meta, resample_indices, resolve_video_path
+from .video_probe import probe_video
+from .video import resolve_video_path
+from .video_io import H264Writer, iter_frames, read_crop_meta, resample_indices
 
 # %% auto #0
 __all__ = ['CHROMIUM_NAMES', 'CHROMIUM_HINT', 'word_diff', 'browser_rows', 'playback_frames', 'playback_length', 'WebClipWriter',

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import VENV_BIN
-from sonar_thesis.config import PRESETS
-from sonar_thesis.extract import (
-    extract_manifest, load_features, merge_shards, write_test_clip, write_test_manifest,
-)
+from sonar_thesis.config_sections import PRESETS
+from sonar_thesis.extract import extract_manifest
+from sonar_thesis.extract_loader import write_test_clip, write_test_manifest
+from sonar_thesis.extract_store import load_features, merge_shards
 from sonar_thesis.io import read_json, read_tsv, write_tsv
 from sonar_thesis.signhiera import signhiera_tiny
 
@@ -208,7 +208,8 @@ def test_uncropped_videos_are_cropped_in_the_workers(corpus, tmp_path):
     import numpy as np
     from sonar_thesis.config_sections import PreprocessConfig
     from sonar_thesis.extract import normalize_batch
-    from sonar_thesis.video import center_box, crop_frame, iter_windows, write_video
+    from sonar_thesis.crop import center_box, crop_frame
+    from sonar_thesis.video_io import iter_windows, write_video
     _, _, model = corpus
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (8, 8, 3)).astype(np.uint8)

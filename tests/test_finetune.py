@@ -17,7 +17,7 @@ from sonar_thesis.trainer import train
 from sonar_thesis.assemble import Pretrained, _text_encoder_path, build_text_encoder, build_translator
 from sonar_thesis.datasets import ClipDataset, FeatureList, attach_teacher, collate_clips, collate_features
 from sonar_thesis.objectives import FeatureModel, embedding_distance
-from sonar_thesis.video import write_video
+from sonar_thesis.video_io import write_video
 
 
 def _models(tmp_path):

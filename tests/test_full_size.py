@@ -18,11 +18,13 @@ import torch
 from how2sign_layout import fixture_texts, make_how2sign_fixture, write_published_checkpoints
 from sonar_thesis.config import apply_overlay, load_config
 from sonar_thesis.data import prepare
-from sonar_thesis.extract import build_extractor, extract_manifest, load_features
+from sonar_thesis.extract import build_extractor, extract_manifest
+from sonar_thesis.extract_store import load_features
 from sonar_thesis.io import read_json, read_tsv
 from sonar_thesis.assemble import load_pretrained
 from sonar_thesis.translate import translate_manifests
-from sonar_thesis.video import preprocess_manifest, probe_video, resolve_video_path
+from sonar_thesis.video_probe import probe_video
+from sonar_thesis.video import preprocess_manifest, resolve_video_path
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from conftest import SHARED
-from sonar_thesis.config import PRESETS, PreprocessConfig
-from sonar_thesis.video import (
-    crop_frame, normalize, reference_border, reference_expand, reference_int_box, reference_pad_mask,
-    reference_signer_box, reference_windows,
-)
+from sonar_thesis.config_sections import PRESETS, PreprocessConfig
+from sonar_thesis.crop import crop_frame, reference_border, reference_expand, reference_int_box
+from sonar_thesis.signer_box import reference_signer_box
+from sonar_thesis.video_io import normalize, reference_pad_mask, reference_windows
 
 GOLDEN = SHARED / "golden" / "preprocess"
 if not GOLDEN.is_dir():

@@ -89,7 +89,9 @@ def test_every_stage_wrote_its_outputs(real):
 def test_crops_are_reference_mode(real):
     """Preset small has the published input sizes: the crops are ssvp_slt's (reference mode, lossless .mkv with
     their windows) and match the prepared clips' frame counts and rates."""
-    from sonar_thesis.video import probe_video, read_crop_meta, reference_windows, resolve_video_path
+    from sonar_thesis.video_probe import probe_video
+    from sonar_thesis.video import resolve_video_path
+    from sonar_thesis.video_io import read_crop_meta, reference_windows
     work, _, cfg, _, _ = real
     assert cfg.preset == "small" and cfg.preprocess.resolved_mode(cfg.sizes) == "reference"
     for split in cfg.data.splits:

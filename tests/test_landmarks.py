@@ -16,7 +16,8 @@ from sonar_thesis.config_sections import (DataConfig, HardwareConfig, LandmarksC
                                           SynthConfig, SynthDomainConfig, TrainingConfig)
 from sonar_thesis.data import prepare
 from sonar_thesis.evaluate import EvaluateConfig, evaluate_predictions
-from sonar_thesis.extract import extract_manifest, load_features
+from sonar_thesis.extract import extract_manifest
+from sonar_thesis.extract_store import load_features
 from sonar_thesis.io import read_json, read_tsv, write_tsv
 from sonar_thesis.landmark_model import (LANDMARK_PRESETS, build_landmark_model, count_parameters, load_landmark_model,
                                          save_landmark_model, t5_parameter_count)
@@ -26,7 +27,7 @@ from sonar_thesis.landmarks import (LandmarkProducer, extract_landmarks, first_f
                                     write_photo_clips)
 from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.synth import generate_corpus
-from sonar_thesis.video import iter_frames, write_video
+from sonar_thesis.video_io import iter_frames, write_video
 
 K = len(landmark_names())                 # 11 face + 6 body + 2 × 21 hand points
 NOSE, L_SHOULDER, R_SHOULDER, HANDS = 0, 11, 12, slice(17, None)

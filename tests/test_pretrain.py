@@ -11,7 +11,7 @@ from sonar_thesis.sonar import SonarTokenizer, train_synthetic_tokenizer
 from sonar_thesis.synth import META_COLUMNS
 from sonar_thesis.datasets import ClipDataset, clip_units, collate_clips
 from sonar_thesis.pretrain import SignRecognizer, sign_spans
-from sonar_thesis.video import write_video
+from sonar_thesis.video_io import write_video
 
 
 def test_sign_spans_read_the_renderer_timings(tmp_path):

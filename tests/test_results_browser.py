@@ -18,7 +18,7 @@ from sonar_thesis.analysis import AnalysisConfig, analyse
 from sonar_thesis.config import Config
 from sonar_thesis.config_sections import DataConfig, PreprocessConfig
 from sonar_thesis.evaluate import EvaluateConfig, evaluate_all, make_fake_predictions
-from sonar_thesis.extract import write_test_clip
+from sonar_thesis.extract_loader import write_test_clip
 from sonar_thesis.io import read_json, read_tsv, write_json, write_tsv
 from sonar_thesis.results import HeadlessChromium, build_results_page, find_chromium, page_load_ms
 

@@ -15,7 +15,7 @@ from sonar_thesis.sonar import SonarTokenizer, langs_path
 from sonar_thesis.assemble import check_tokenizer_fits, decoder_vocab_rows, load_pretrained
 from sonar_thesis.datasets import clip_windows, normalize_windows
 from sonar_thesis.translate import stream_features
-from sonar_thesis.video import write_video
+from sonar_thesis.video_io import write_video
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_translate_command_many_videos_a_manifest_and_a_tsv(tiny_published, tmp_
     """Models load once; `id<TAB>text` per video; a missing video is an error line, the rest go on; --output TSV."""
     import subprocess
     from conftest import VENV_BIN
-    from sonar_thesis.extract import write_test_clip
+    from sonar_thesis.extract_loader import write_test_clip
     from sonar_thesis.io import read_tsv, write_tsv
     for name, n, seed in (("a", 40, 0), ("b", 90, 1), ("c", 70, 2)):
         write_test_clip(tmp_path / "clips" / f"{name}.mp4", n, 64, seed=seed)          # 64×64 signer crops

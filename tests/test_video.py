@@ -13,9 +13,11 @@ import skimage.data
 
 from sonar_thesis.config_sections import PRESETS, PreprocessConfig
 from sonar_thesis.io import MANIFEST_COLUMNS, read_json, read_tsv, write_tsv
-from sonar_thesis.video import (VideoError, dlib_model_path, find_signer_box, get_detector, iter_frames,
-                                iter_windows, normalize, preprocess_clip, preprocess_manifest, resample_indices,
-                                window_spans, write_video)
+from sonar_thesis.crop import dlib_model_path, get_detector
+from sonar_thesis.video_probe import VideoError
+from sonar_thesis.signer_box import find_signer_box
+from sonar_thesis.video import preprocess_clip, preprocess_manifest
+from sonar_thesis.video_io import iter_frames, iter_windows, normalize, resample_indices, window_spans, write_video
 
 TINY, SONAR = PRESETS["tiny"], PRESETS["sonar"]
 MP = PreprocessConfig(crop_method="mediapipe")
@@ -237,8 +239,9 @@ def test_resume_skips_finished_and_reproduces_output(corpus, tmp_path):
 # ---------------------------------------------------------------- streaming memory
 _RSS_SCRIPT = """
 import sys
-from sonar_thesis.config import PRESETS, PreprocessConfig
-from sonar_thesis.video import iter_windows, preprocess_clip
+from sonar_thesis.config_sections import PRESETS, PreprocessConfig
+from sonar_thesis.video import preprocess_clip
+from sonar_thesis.video_io import iter_windows
 what, path = sys.argv[1], sys.argv[2]
 if what == "windows":                       # the consumer works between windows, like a model would
     import numpy as np
@@ -291,7 +294,8 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
 
 def test_frame_size_disagreement_falls_back_to_decord(tmp_path):
     """Sequential passes decode with PyAV; if its frame size disagrees with decord's (rotation), decord is used."""
-    from sonar_thesis.video import _select_frames, probe_video
+    from sonar_thesis.video_probe import probe_video
+    from sonar_thesis.video_io import _select_frames
     p = write_video(tmp_path / "g.mp4", (np.full((48, 64, 3), 10 + 3 * i, np.uint8) for i in range(36)), fps=30)
     info = probe_video(p)
     n, fps, shape = info.n_frames, info.fps, info.shape
@@ -343,7 +347,7 @@ def test_config_mode_is_validated():
 def test_reference_windows_decode_the_reference_frames(tmp_path, n, fps):
     """iter_windows(mode='reference') on a raw clip: each slot holds the source frame reference_windows names."""
     from fractions import Fraction
-    from sonar_thesis.video import reference_windows
+    from sonar_thesis.video_io import reference_windows
     src = _counter_video(tmp_path / "k.mp4", n, Fraction(fps))
     wins = list(iter_windows(src, SONAR, mode="reference"))
     ref = reference_windows(n, float(Fraction(fps)), SONAR)
@@ -356,7 +360,9 @@ def test_reference_windows_decode_the_reference_frames(tmp_path, n, fps):
 
 def test_reference_crop_clip_is_lossless_reproducible_and_self_describing(tmp_path):
     from fractions import Fraction
-    from sonar_thesis.video import _select_frames, crop_frame, probe_video, read_crop_meta, reference_windows
+    from sonar_thesis.crop import crop_frame
+    from sonar_thesis.video_probe import probe_video
+    from sonar_thesis.video_io import read_crop_meta, reference_windows, _select_frames
     src = _counter_video(tmp_path / "k.mp4", 400, Fraction(30000, 1001), w=320, h=180)
     cfg = PreprocessConfig(crop_method="none")                         # the reference's centre fallback box
     with pytest.raises(ValueError, match="mkv"):
@@ -383,7 +389,7 @@ def test_reference_crop_clip_is_lossless_reproducible_and_self_describing(tmp_pa
 
 
 def test_reference_manifest_writes_mkv_and_resumes(corpus, tmp_path):
-    from sonar_thesis.video import reference_windows
+    from sonar_thesis.video_io import reference_windows
     out = tmp_path / "crops" / "test"
     rep = preprocess_manifest(corpus, out, PreprocessConfig(crop_method="none"), SONAR, workers=1, progress=False)
     assert rep["counts"]["ok"] == 3 and rep["counts"]["failed"] == 4 and rep["settings"]["mode"] == "reference"
@@ -403,7 +409,8 @@ def test_every_reader_gives_pyavs_frames(tmp_path, size, pix_fmt):
     all read it, with PyAV's frame count and pixels — as they read the sizes decord handles."""
     import av
     import sonar_thesis.data
-    from sonar_thesis.video import FrameReader, _select_frames, probe_video, reference_windows
+    from sonar_thesis.video_probe import probe_video
+    from sonar_thesis.video_io import FrameReader, reference_windows, _select_frames
     w, h = size
     p = tmp_path / f"{w}x{h}.mp4"
     rng = np.random.default_rng(w)
