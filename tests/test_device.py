@@ -48,7 +48,7 @@ def test_one_definition_and_every_caller_uses_it():
     defs = sorted(p.name for p in (ROOT / "sonar_thesis").glob("*.py")
                   if re.search(r"^def resolve_device\(", p.read_text(), re.M))
     assert defs == ["extract.py"]
-    for mod in ("trainer", "finetune", "landmarks", "translate"):
+    for mod in ("train_setup", "finetune", "landmarks", "translate"):
         assert importlib.import_module(f"sonar_thesis.{mod}").resolve_device is resolve_device, mod
     import ast                                                  # each CLI command that places models
     for fn in ast.walk(ast.parse((ROOT / "sonar_thesis" / "cli.py").read_text())):
