@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Load time of the results browser (nbs/13b_results.ipynb) for a How2Sign-size test split, in headless Chromium.
+"""Load time of the results browser (nbs/15_results.ipynb) for a How2Sign-size test split, in headless Chromium.
 
     flock /tmp/heavy.lock .venv/bin/python bench/results_page.py              # 2,357 rows: ~3 min on 2 cores
     .venv/bin/python bench/results_page.py --rows 500 --clip-size 64           # quick look

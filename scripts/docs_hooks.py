@@ -46,7 +46,7 @@ def api_page(module: str) -> str:
 def figures_page(pngs: list[Path]) -> str:
     lines = ["# Thesis figures", "",
              "Every `figures/*.png` of the repository as committed (written by the `figures` stage, "
-             "`nbs/14_figures.ipynb`; the PDFs beside them go into the thesis).", ""]
+             "`nbs/18_figures.ipynb`; the PDFs beside them go into the thesis).", ""]
     for p in pngs:
         lines += [f"## {p.name}", "", f"![{p.name}](figures/{p.name})", ""]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ class Config:
     dataset: Literal["synthetic", "how2sign"] = "synthetic"
     preset: Literal["tiny", "small", "sonar"] = "tiny"
     seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [1, 2])   # extra training seeds (13c_seeds); the main run is `seed`
+    seeds: list[int] = field(default_factory=lambda: [1, 2])   # extra training seeds (16_seeds); the main run is `seed`
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

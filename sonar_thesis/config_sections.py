@@ -130,7 +130,7 @@ class ModelConfig:
             raise ConfigError(f"model.max_len: must be >= 0 (0 = the decoder's own length limit), got {self.max_len}")
 
 # %% ../nbs/00d_config_sections.ipynb #05f44e5d
-OptimizerName = Literal["adamw", "adamw8bit", "adafactor"]   # 08_trainer: 8-bit moments (bitsandbytes); relative-lr Adafactor
+OptimizerName = Literal["adamw", "adamw8bit", "adafactor"]   # 07_trainer: 8-bit moments (bitsandbytes); relative-lr Adafactor
 
 def _check_optimizer(key: str, name: str) -> None:
     if name not in typing.get_args(OptimizerName):
@@ -139,7 +139,7 @@ def _check_optimizer(key: str, name: str) -> None:
 # %% ../nbs/00d_config_sections.ipynb #8271a65d
 @dataclass
 class TrainingConfig:
-    """The shared training loop (08_trainer)."""
+    """The shared training loop (07_trainer)."""
     optimizer: OptimizerName = "adamw"     # every stage but stage 2, which has its own (stage2.optimizer)
     weight_decay: float = 0.01             # none on biases and norm weights
     warmup_steps: int = 30                 # linear warmup, then cosine decay to min_lr
@@ -190,7 +190,7 @@ class StageConfig:
 # %% ../nbs/00d_config_sections.ipynb #ba1b7bcb
 @dataclass
 class PretrainConfig(StageConfig):
-    """Stand-in pretraining of the synthetic default, in three phases (see `09_translate`).
+    """Stand-in pretraining of the synthetic default, in three phases (see `08_translate`).
 
     `text_*`: SONAR text encoder + decoder as a sentence autoencoder on the train text of every domain;
     `learning_rate`/`epochs`/`batch_size`: the video phase (SignHiera + sign-recognition heads on source

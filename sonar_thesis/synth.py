@@ -30,7 +30,7 @@ from .synth_signs import (DOMAINS, PALM_COLOURS, SHARED_WORDS, SOURCE_WORDS, SPL
 
 # %% auto #0
 __all__ = ['CSV_COLUMNS', 'META_COLUMNS', 'GENERATOR_VERSION', 'write_video', 'save_npz', 'write_how2sign_csv', 'plan_corpus',
-           'generate_corpus', 'crop_box', 'signer_crop', 'example_grid', 'face_detection_rate']
+           'generate_corpus', 'crop_box', 'signer_crop', 'example_grid', 'face_detection_rate', 'run_synth']
 
 # %% ../nbs/01_synth.ipynb #1045b4e5
 CSV_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE")
@@ -336,3 +336,13 @@ def face_detection_rate(frames, model_selection: int = 1, min_confidence: float 
                                                    min_detection_confidence=min_confidence) as fd:
         hits = sum(bool(fd.process(np.ascontiguousarray(f)).detections) for f in frames)
     return hits / max(len(frames), 1)
+
+# %% ../nbs/01_synth.ipynb #a660a2ed
+def run_synth(cfg) -> dict | None:
+    """The `synth` stage: render the synthetic corpus → its summary; on real data only a note (the DVC output)."""
+    if cfg.is_synthetic:
+        return generate_corpus(cfg.synth)
+    Path(cfg.synth.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.synth.output_dir) / "NOT_RENDERED.txt").write_text(
+        f"dataset: {cfg.dataset} — the synthetic corpus is not rendered; prepare reads {cfg.data.root}\n")
+    return None

@@ -29,7 +29,7 @@ from .video_io import (CROP_X264_PRESET, REFERENCE_CROP_FORMAT, H264Writer, Loss
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['preprocess_clip', 'resolve_video_path', 'preprocess_manifest']
+__all__ = ['preprocess_clip', 'resolve_video_path', 'preprocess_manifest', 'preprocess_all']
 
 # %% ../nbs/03_video.ipynb #e001df67
 def preprocess_clip(src: str | Path, dst: str | Path, cfg: PreprocessConfig, sizes: Preset, *,
@@ -265,3 +265,23 @@ def preprocess_manifest(manifest_tsv: str | Path, out_dir: str | Path, cfg: Prep
     if failures:
         _logger.warning("%s: %d of %d clips failed (see %s)", manifest_tsv, len(failures), len(rows), report_path)
     return report
+
+# %% ../nbs/03_video.ipynb #67f5f8c0
+def preprocess_all(cfg) -> list[dict]:
+    """The `preprocess` stage: crop every domain/split manifest; write each domain's report.json → per-split rows."""
+    summary = []
+    for domain in cfg.domain_dirs():
+        out_root = Path(cfg.preprocess.output_dir) / domain
+        domain_report = {"crop_method": cfg.preprocess.crop_method, "preset": cfg.preset, "splits": {}}
+        for split in cfg.data.splits:
+            manifest = Path(cfg.data.prepared_dir) / domain / f"{split}.tsv"
+            if not manifest.exists():
+                print(f"note: {manifest} does not exist — skipping {domain}/{split}")
+                continue
+            rep = preprocess_manifest(manifest, out_root / split, cfg.preprocess, cfg.sizes,
+                                      out_manifest=out_root / f"{split}.tsv")
+            domain_report["splits"][split] = without_keys(rep, RUN_DEPENDENT + ("written",))   # timings printed below
+            write_json(out_root / "report.json", domain_report)
+            summary.append({"domain": domain, "split": split, **rep["counts"],
+                            "methods": rep["methods"], "s": rep["seconds"]})
+    return summary

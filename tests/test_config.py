@@ -75,9 +75,9 @@ class _Reached(Exception):
     """Raised by a stub where a stage cell hands its configuration to the real work."""
 
 
-@pytest.mark.parametrize("nb, module, work", [("12_evaluate", "evaluate", "evaluate_all"),
-                                              ("13_analysis", "analysis", "analyse"),
-                                              ("14_figures", "figures", "make_figures")])
+@pytest.mark.parametrize("nb, module, work", [("13_evaluate", "evaluate", "evaluate_all"),
+                                              ("14_analysis", "analysis", "analyse"),
+                                              ("18_figures", "figures", "make_figures")])
 def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path, monkeypatch, nb, module, work):
     """Their stage cells load params.yaml with `load_config` (no second loader): overlays apply, and a file
     another stage refuses (stage1.epochs: -1) is refused here, naming the key, before any work."""

@@ -57,7 +57,7 @@ def test_every_notebook_is_a_page_in_file_order(site):
         page = site / f"{nb.stem}.html"
         assert page.is_file(), page
         assert f"<title>{htmllib.escape(_title(nb), quote=False)} - sonar-thesis</title>" in page.read_text(encoding="utf-8")
-    sweeps = _text(site / "13d_sweeps.html")
+    sweeps = _text(site / "17_sweeps.html")
     assert "dvc exp run --queue" in sweeps and "#| export" in sweeps and "def " in sweeps   # prose and code
     # the nav lists the notebooks in file order, each by its heading
     index = (site / "index.html").read_text(encoding="utf-8")
@@ -95,7 +95,7 @@ def test_nothing_is_fetched_from_the_network(site):
         assert not re.search(r'<(script|link|img)\b[^>]*(src|href)="(https?:)?//', h), page
     # the stylesheet every notebook page shared is written once, not inlined ~570 KB per page
     assert len(list((site / "assets").glob("jupyter-*.css"))) == 1
-    assert (site / "13d_sweeps.html").stat().st_size < 2_000_000
+    assert (site / "17_sweeps.html").stat().st_size < 2_000_000
 
 
 def test_pages_in_real_chromium(site):
@@ -109,7 +109,7 @@ def test_pages_in_real_chromium(site):
         sizes = b.eval("[...document.querySelectorAll('article img')].map(i => [i.getAttribute('src'), i.naturalWidth])")
         assert [s for s, _ in sizes] == [f"figures/{p.name}" for p in FIGURES] and all(w > 100 for _, w in sizes), sizes
 
-        b.goto((site / "13d_sweeps.html").as_uri())
+        b.goto((site / "17_sweeps.html").as_uri())
         b.wait_for("document.readyState === 'complete'")
         # the shared notebook stylesheet is applied, code cells are laid out, the nav is there
         assert b.eval("getComputedStyle(document.querySelector('.jupyter-wrapper')).getPropertyValue('--md-red-50').trim()") == "#ffebee"

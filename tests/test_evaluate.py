@@ -1,4 +1,4 @@
-"""Evaluate → analysis → figures on fake predictions (generated from nbs/12_evaluate, 13_analysis, 14_figures).
+"""Evaluate → analysis → figures on fake predictions (generated from nbs/13_evaluate, 14_analysis, 18_figures).
 
 One module-scoped run: three fake synthetic systems (zero-shot, a perfect stage 2, a noisy ablation) are
 evaluated, compared, analysed and drawn; the tests then check the files. METEOR (a ~15 s Java start) runs

@@ -1,4 +1,4 @@
-"""Landmarks baseline (nbs/15_landmarks.ipynb): mediapipe Holistic on a real photograph, missing marks and counted
+"""Landmarks baseline (nbs/11_landmarks.ipynb): mediapipe Holistic on a real photograph, missing marks and counted
 skips, the renderer's ground truth in the same format, resume/atomic files through the shared extractor, failures,
 the T5-base shape, training, checkpoints, and the stage end to end on a tiny synthetic corpus."""
 import contextlib

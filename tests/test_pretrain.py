@@ -1,4 +1,4 @@
-"""Stand-in pretraining pieces (nbs/09_translate.ipynb): sign timings from the synthetic corpus, the video phase."""
+"""Stand-in pretraining pieces (nbs/08_translate.ipynb): sign timings from the synthetic corpus, the video phase."""
 import numpy as np
 import pytest
 import torch

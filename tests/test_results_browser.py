@@ -1,4 +1,4 @@
-"""The results browser (nbs/13b_results.ipynb): the page built from fake results, then driven in a real
+"""The results browser (nbs/15_results.ipynb): the page built from fake results, then driven in a real
 headless Chromium (Debian's `chromium`, over the DevTools protocol): filter by signer, play a clip, open a
 permalink, sort, and a screenshot in tests/artifacts/results_browser.png.
 
@@ -204,7 +204,7 @@ def test_page_in_real_chromium(site, browser):
     assert page_load_ms(b, site["page"], runs=1)["ready_ms"] < 2000
 
 
-# ---------------------------------------------------------------- the CLI command (nbs/16_cli.ipynb)
+# ---------------------------------------------------------------- the CLI command (nbs/19_cli.ipynb)
 
 def test_cli_results_page(site, tmp_path):
     import subprocess

@@ -1,4 +1,4 @@
-"""13c_seeds: the seed aggregation and the combined (sentence + seed) interval on small hand-made runs, and
+"""16_seeds: the seed aggregation and the combined (sentence + seed) interval on small hand-made runs, and
 the stage's wiring (which entry points it calls with which folders) with the training stubbed."""
 import math
 import shutil

@@ -1,4 +1,4 @@
-"""The shared training loop (nbs/08_trainer.ipynb): exact resume after a real SIGKILL, 2-process gloo DDP
+"""The shared training loop (nbs/07_trainer.ipynb): exact resume after a real SIGKILL, 2-process gloo DDP
 equals one process with the same global batch, frozen parameters stay bit-identical, best-k pruning and
 best.pt, weights_only loading of every checkpoint file.
 

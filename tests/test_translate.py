@@ -1,4 +1,4 @@
-"""Translation pieces for the full-size real path (nbs/09_translate.ipynb): the tokenizer must fit the decoder,
+"""Translation pieces for the full-size real path (nbs/08_translate.ipynb): the tokenizer must fit the decoder,
 and long clips are streamed through SignHiera with the same features as the all-at-once path."""
 from pathlib import Path
 
