@@ -24,7 +24,7 @@ from .metrics import corpus_scores
 __all__ = ['CATEGORIES', 'VOCAB_TYPES', 'LENGTH_COLUMNS', 'SIGNER_COLUMNS', 'VOCAB_COLUMNS', 'load_evaluated', 'is_synthetic_run',
            'normalise_text', 'categorise', 'category_counts', 'sample_translations', 'samples_markdown', 'length_bin',
            'group_scores', 'bleu_by_length', 'bleu_by_signer', 'words_of', 'read_shared_vocabulary',
-           'default_shared_vocab_path', 'vocabulary_analysis', 'analyse', 'category_table']
+           'default_shared_vocab_path', 'vocabulary_analysis', 'analyse', 'category_table', 'run_analysis']
 
 # %% ../nbs/14_analysis.ipynb #06be5fd8
 #| export
@@ -296,3 +296,21 @@ def category_table(categories: dict[str, dict], synthetic: bool) -> str:
         lines.append(f"| {system_label(s)} | " + " | ".join(f"{c[k]} ({c['share'][k]:.0f}%)" for k in CATEGORIES)
                      + f" | {c['total']} |")
     return "\n".join(lines)
+
+# %% ../nbs/14_analysis.ipynb #db8c9912
+def run_analysis(config) -> dict:
+    """The `analysis` stage: the shared vocabulary (if any) and every evaluated system → `analyse`'s result."""
+    ecfg, acfg = config.evaluate, config.analysis
+    vocab_path = Path(acfg.shared_vocab) if acfg.shared_vocab else default_shared_vocab_path(config)
+    if vocab_path.exists():
+        shared = read_shared_vocabulary(vocab_path)
+        print(f"shared vocabulary: {len(shared)} words from {vocab_path}")
+    else:
+        shared = None
+        print(f"note: no shared vocabulary at {vocab_path} — vocabulary analysis skipped "
+              "(set analysis.shared_vocab, or prepare a source domain)")
+    systems = [s for s in ecfg.systems if (Path(ecfg.results_dir) / s / "scores.tsv").exists()]
+    for s in ecfg.systems:
+        if s not in systems:
+            print(f"note: {s}: not evaluated (no {Path(ecfg.results_dir) / s / 'scores.tsv'}) — left out")
+    return analyse(ecfg.results_dir, acfg, systems=systems, shared_words=shared)
