@@ -21,6 +21,7 @@ if [ "$before" != "$after" ]; then
   echo "      Run: nbdev_clean && nbdev_export, review, and commit." >&2
   exit 1
 fi
+python scripts/readme.py --check        # README.md is generated from nbs/index.ipynb
 echo "in sync"
 
 echo "== 2/3 nbdev_test"

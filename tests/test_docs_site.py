@@ -18,7 +18,7 @@ from conftest import ROOT, VENV_BIN
 from sonar_thesis.results import HeadlessChromium, find_chromium
 
 SCREENSHOT = ROOT / "tests" / "artifacts" / "docs_site.png"
-NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+NOTEBOOKS = [p for p in sorted((ROOT / "nbs").glob("*.ipynb")) if p.stem != "index"]   # index: Home
 MODULES = sorted(p.stem for p in (ROOT / "sonar_thesis").glob("*.py") if not p.stem.startswith("_"))
 FIGURES = sorted((ROOT / "figures").glob("*.png"))
 
