@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .sonar import EOS_ID, PAD_ID
+from .sonar import EOS_ID, PAD_ID, SonarTokenizer
 from .train_state import load_checkpoint, save_checkpoint
 
 # %% auto #0

@@ -23,7 +23,7 @@ from .video_probe import VideoError, VideoInfo, _short, probe_video
 from .io import (MANIFEST_COLUMNS, RUN_DEPENDENT, atomic_path, read_json, read_tsv, without_keys, write_json,
                              write_tsv)
 from .signer_box import _find_box, _find_box_reference
-from .video_io import (CROP_X264_PRESET, REFERENCE_CROP_FORMAT, H264Writer, LosslessWriter, _select_frames,
+from .video_io import (CROP_X264_PRESET, REFERENCE_CROP_FORMAT, FrameReader, H264Writer, LosslessWriter, _select_frames,
                                    reference_windows, resample_indices)
 
 _logger = logging.getLogger(__name__)
