@@ -93,6 +93,7 @@ def test_evaluate_analysis_figures_read_config_like_every_stage(params, tmp_path
     def stub(*args, **kwargs):
         raise _Reached(args, kwargs)
 
+    monkeypatch.setattr(mod, work, stub)          # also where a stage's entry function (run_analysis) looks it up
     run = lambda p: exec(cell, {**vars(mod), work: stub, "params_path": str(p)})
     over = tmp_path / "over.yaml"
     over.write_text("evaluate:\n  bootstrap_samples: 7\nanalysis:\n  n_samples: 3\nfigures:\n  dpi: 50\n")
