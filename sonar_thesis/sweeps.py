@@ -84,16 +84,25 @@ def sweep_chain(stages: list[PipelineStage], param: str, until: str = "evaluate"
     return [n for n in names if n in chain]
 
 # %% ../nbs/17_sweeps.ipynb #49e14cac
+def _untracked(path: str, root: Path) -> bool:
+    return subprocess.run(["git", "ls-files", "--error-unmatch", "--", path], cwd=root, capture_output=True).returncode != 0
+
 def external_inputs(stages: list[PipelineStage], chain: list[str], root: str | Path = ".") -> list[str]:
-    """Inputs of the `chain` stages inside the repo that are no stage's output and not in git: what `--copy-paths` needs."""
+    """Inputs of the `chain` stages inside the repo that are no stage's output and not in git: what `--copy-paths`
+    needs. A file is given as its highest folder that holds nothing of git's or DVC's (`models/published`): DVC
+    copies a file only into a folder that exists in the copy, and such a folder does not."""
     root = Path(root)
     outs = [o for s in stages for o in s.outs]
     found = []
     for d in (d for s in stages if s.name in chain for d in s.deps):
-        if Path(d).is_absolute() or d in found or any(_inside(d, o) for o in outs) or not (root / d).exists():
+        if Path(d).is_absolute() or any(_inside(d, o) for o in outs) or not (root / d).exists() or not _untracked(d, root):
             continue                                      # absolute paths: the copy sees the same file
-        if subprocess.run(["git", "ls-files", "--error-unmatch", "--", d], cwd=root, capture_output=True).returncode:
-            found.append(d)
+        top = Path(d)
+        while top.parent != Path(".") and _untracked(top.parent.as_posix(), root) and \
+                not any(_inside(top.parent.as_posix(), o) for o in outs):
+            top = top.parent
+        if top.as_posix() not in found and not any(_inside(top.as_posix(), f) for f in found):
+            found.append(top.as_posix())
     return found
 
 # %% ../nbs/17_sweeps.ipynb #64d1e8b7
