@@ -5,6 +5,7 @@
 # %% ../nbs/17_sweeps.ipynb #b5fd4c60
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -201,7 +202,6 @@ def experiment_refs(root: str | Path = ".", rev: str | None = None) -> dict[str,
 # %% ../nbs/17_sweeps.ipynb #3f8dbe78
 def check_up_to_date(root: str | Path = ".") -> None:
     """Refuse to sweep over a pipeline with stale stages (they would be stale in every experiment)."""
-    import json
     status = json.loads(_dvc(["dvc", "status", "--json"], Path(root)).stdout or "{}")
     if status:
         raise RuntimeError(f"{Path(root).resolve() / 'dvc.yaml'}: stages not up to date ({', '.join(sorted(status))}) — "
@@ -232,7 +232,6 @@ SWEEP_SYSTEMS = ("stage2", "ablation")
 SWEEP_METRICS = ("bleu4", "chrf")
 
 def _git_json(root: Path, ref: str, path: str):
-    import json
     r = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
     return json.loads(r.stdout) if r.returncode == 0 else None
 

@@ -6,7 +6,6 @@ tests/artifacts/docs_site.png. Without Chromium the browser test FAILS with the 
 from __future__ import annotations
 
 import html as htmllib
-import json
 import os
 import re
 import subprocess
@@ -29,13 +28,16 @@ def _text(path) -> str:
     return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", h)).split())
 
 
-def _title(nb) -> str:
-    for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
-        if c["cell_type"] == "markdown":
-            for line in "".join(c["source"]).splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    return nb.stem
+def _hooks():
+    """scripts/docs_hooks.py as a module (the nav's titles come from its notebook_title)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_title = _hooks().notebook_title
 
 
 @pytest.fixture(scope="module")
